@@ -102,7 +102,7 @@ def build_tiny_ar_model(out_dir: str | Path, seed: int = 0, codebook: int = TINY
     model = GlmImageForConditionalGeneration(config).eval()
     if well_behaved:
         with torch.no_grad():
-            model.lm_head.weight[:codebook] *= 30.0
+            model.lm_head.weight[:codebook] *= 10.0
             model.lm_head.weight[codebook:] = 0.0
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=0.9, top_p=0.75, eos_token_id=codebook + 1,

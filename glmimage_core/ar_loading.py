@@ -1,0 +1,211 @@
+"""Loading the AR model (`GlmImageForConditionalGeneration`) and its processor.
+
+Accepts the hub's diffusers layout (`model_index.json`, `vision_language_encoder/`,
+`processor/`) and a plain transformers folder. Weights are read from safetensors
+only, never with remote code, and from the network only when the user names a
+hub id and the process is online. Loaded models are cached so that re-running a
+graph does not reload 18 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import GlmImageInputError
+from .model_folders import resolve_model_path
+from .runtime import torch_device
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
+DEVICE_CHOICES = ["auto", "gpu", "cpu"]
+ATTENTION_CHOICES = ["sdpa", "eager"]
+
+
+@dataclass(eq=False)
+class ARModel:
+    """What a `GLMIMAGE_AR` socket carries: the model, its processor and how they were loaded.
+
+    `lock` serialises generation: the model keeps decode positions
+    (`rope_deltas`) on its instance, so two concurrent `generate` calls on one
+    instance would corrupt each other.
+    """
+
+    model: torch.nn.Module
+    processor: object
+    path: str
+    dtype: torch.dtype
+    device: torch.device
+    attention: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.config.vq_config.num_embeddings)
+
+    @property
+    def image_start_id(self) -> int:
+        return int(self.config.image_start_token_id)
+
+    @property
+    def image_end_id(self) -> int:
+        return int(self.config.image_end_token_id)
+
+
+@dataclass(frozen=True)
+class ARLayout:
+    model_dir: str
+    processor_dir: str
+    subfolder_model: str | None = None  # for hub ids
+    subfolder_processor: str | None = None
+
+
+def find_layout(path: str) -> ARLayout:
+    """Where the model weights and the processor files are inside `path`."""
+    root = Path(path)
+    if not root.exists():
+        raise GlmImageInputError(f"model folder {path!r} does not exist")
+    if not root.is_dir():
+        raise GlmImageInputError(f"model {path!r} is a file; choose the folder that holds config.json "
+                                 "or the hub layout with model_index.json")
+    if (root / "vision_language_encoder").is_dir():
+        model_dir, proc_dir = root / "vision_language_encoder", root / "processor"
+        if not proc_dir.is_dir():
+            raise GlmImageInputError(f"model folder {path!r} has vision_language_encoder/ but no processor/ "
+                                     "folder: copy the hub's processor/ next to it")
+    elif (root / "config.json").is_file():
+        model_dir = proc_dir = root
+    elif (root / "model_index.json").is_file():
+        raise GlmImageInputError(f"model folder {path!r} has model_index.json but no vision_language_encoder/: "
+                                 "download the AR model too (zai-org/GLM-Image, folder vision_language_encoder)")
+    else:
+        raise GlmImageInputError(f"model folder {path!r} is empty or not a GLM-Image model: expected "
+                                 "config.json, or the hub layout (model_index.json, vision_language_encoder/, processor/)")
+    _check_config(model_dir)
+    if not any(model_dir.glob("*.safetensors")):
+        raise GlmImageInputError(f"model folder {str(model_dir)!r} has no .safetensors weights; "
+                                 "only safetensors are loaded (no pickle .bin files)")
+    return ARLayout(str(model_dir), str(proc_dir))
+
+
+def _check_config(model_dir: Path) -> None:
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise GlmImageInputError(f"model folder {str(model_dir)!r} has no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GlmImageInputError(f"{str(config_file)!r} is not valid JSON: {err}") from err
+    if model_type != "glm_image":
+        raise GlmImageInputError(f"model folder {str(model_dir)!r} holds a {model_type!r} model, "
+                                 "not GLM-Image (model_type 'glm_image')")
+
+
+def resolve_dtype(choice: str, device: torch.device, checkpoint_dtype: torch.dtype | None) -> torch.dtype:
+    """auto: the checkpoint's own dtype where the device handles it, else fp32 (CPU) or fp16."""
+    if choice in DTYPES:
+        return DTYPES[choice]
+    if choice != "auto":
+        raise GlmImageInputError(f"dtype {choice!r} is not one of {DTYPE_CHOICES}")
+    wanted = checkpoint_dtype or torch.float32
+    if wanted == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    if device.type == "mps" and wanted == torch.bfloat16:
+        return torch.float16
+    return wanted
+
+
+def _checkpoint_dtype(model_dir: str) -> torch.dtype | None:
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(name)
+
+
+def _is_hub_id(name: str) -> bool:
+    return "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1 and not os.path.exists(name)
+
+
+_CACHE: dict[str, tuple[tuple, ARModel]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attention: str = "sdpa") -> ARModel:
+    """Load (or return the cached) AR model and processor.
+
+    One model per path is kept: asking for the same folder with another dtype or
+    device replaces the cached copy instead of holding two.
+    """
+    if attention not in ATTENTION_CHOICES:
+        raise GlmImageInputError(f"attention {attention!r} is not one of {ATTENTION_CHOICES}")
+    path = resolve_model_path(model)
+    target = torch_device(device)
+    if _is_hub_id(path) and not Path(path).exists():
+        layout = _hub_layout(path)
+    else:
+        layout = find_layout(path)
+    torch_dtype = resolve_dtype(dtype, target, _checkpoint_dtype(layout.model_dir)
+                                if not layout.subfolder_model else torch.bfloat16)
+    key = (torch_dtype, str(target), attention)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        _CACHE.pop(path, None)  # drop the other copy before loading a new one
+    loaded = _load(path, layout, torch_dtype, target, attention)
+    with _CACHE_LOCK:
+        _CACHE[path] = (key, loaded)
+    return loaded
+
+
+def cached_models() -> list[ARModel]:
+    return [entry[1] for entry in _CACHE.values()]
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _hub_layout(repo_id: str) -> ARLayout:
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        raise GlmImageInputError(f"model {repo_id!r} is not a folder under models/glm_image/ and the hub is "
+                                 "offline (HF_HUB_OFFLINE): download it into models/glm_image/ first")
+    return ARLayout(repo_id, repo_id, "vision_language_encoder", "processor")
+
+
+def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device, attention: str) -> ARModel:
+    from safetensors import SafetensorError
+    from transformers import AutoProcessor, GlmImageForConditionalGeneration
+
+    local = layout.subfolder_model is None
+    common = dict(local_files_only=local, trust_remote_code=False)
+    try:
+        processor = AutoProcessor.from_pretrained(
+            layout.processor_dir, subfolder=layout.subfolder_processor or "", **common)
+    except (OSError, ValueError, TypeError) as err:
+        raise GlmImageInputError(f"could not load the processor (tokenizer + image processor) from "
+                                 f"{layout.processor_dir!r}: {err}") from err
+    try:
+        model = GlmImageForConditionalGeneration.from_pretrained(
+            layout.model_dir, subfolder=layout.subfolder_model or "", dtype=dtype, use_safetensors=True,
+            attn_implementation=attention, **common)
+    except SafetensorError as err:
+        raise GlmImageInputError(f"a safetensors file in {layout.model_dir!r} is corrupted or incomplete "
+                                 f"({err}); download it again") from err
+    except OSError as err:
+        raise GlmImageInputError(f"could not load the AR model from {layout.model_dir!r}: {err}") from err
+    model.eval().requires_grad_(False)
+    model.to(device)
+    return ARModel(model=model, processor=processor, path=path, dtype=dtype, device=device, attention=attention)

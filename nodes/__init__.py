@@ -1,0 +1,30 @@
+"""ComfyUI nodes (V3 schema) over `glmimage_core`. Each node is a thin call into the core."""
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from ..glmimage_core.model_folders import register_comfy_folder
+from .extract import GLMImageExtractTokens
+from .generate import GLMImageGenerateTokens
+from .loader import GLMImageARLoader
+from .prompt import GLMImagePrompt
+from .shape import GLMImageShape
+
+NODES: list[type[io.ComfyNode]] = [
+    GLMImageARLoader,
+    GLMImageShape,
+    GLMImagePrompt,
+    GLMImageGenerateTokens,
+    GLMImageExtractTokens,
+]
+
+
+class GlmImageExtension(ComfyExtension):
+    @override
+    async def on_load(self) -> None:
+        register_comfy_folder()
+
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

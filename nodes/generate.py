@@ -1,0 +1,41 @@
+from comfy_api.latest import io
+
+from ..glmimage_core.generation import SamplingSettings, generate_tokens
+from .sockets import CATEGORY, GlmImageAR, GlmImageInputs, GlmImageTokens
+
+
+class GLMImageGenerateTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GLMImageGenerateTokens",
+            display_name="GLM-Image generate tokens",
+            category=CATEGORY,
+            description="Samples the image tokens with the AR model, one token at a time (a progress step per "
+                        "token; cancel stops between tokens). Same seed and inputs give the same tokens.",
+            inputs=[
+                GlmImageAR.Input("ar_model", tooltip="From 'Load GLM-Image AR model'."),
+                GlmImageInputs.Input("inputs", tooltip="From 'GLM-Image prompt'."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFF_FFFF_FFFF_FFFF, control_after_generate=True,
+                             tooltip="Sampling seed."),
+                io.Boolean.Input("do_sample", default=True,
+                                 tooltip="Sample (recommended by the authors). Off = greedy, which tends to "
+                                         "repeat itself."),
+                io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="0 = the model's own setting (0.9 for GLM-Image). Higher = more varied."),
+                io.Float.Input("top_p", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="0 = the model's own setting (0.75 for GLM-Image)."),
+                io.Int.Input("top_k", default=0, min=0, max=16384,
+                             tooltip="0 = the model's own setting."),
+                io.Boolean.Input("offload_after", default=True,
+                                 tooltip="Move the AR model off the GPU when done, so the decoder has the VRAM."),
+            ],
+            outputs=[GlmImageTokens.Output("tokens", tooltip="The sampled ids, for 'GLM-Image extract tokens'.")],
+        )
+
+    @classmethod
+    def execute(cls, ar_model, inputs, seed: int, do_sample: bool, temperature: float, top_p: float,
+                top_k: int, offload_after: bool) -> io.NodeOutput:
+        sampling = SamplingSettings(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+        return io.NodeOutput(generate_tokens(ar_model, inputs, seed=seed, sampling=sampling,
+                                             offload_after=offload_after))

@@ -1,0 +1,60 @@
+from comfy_api.latest import io
+
+from ..glmimage_core.shapes import MAX_SIDE_PX, MAX_SIDE_TOKENS, PIXELS_PER_TOKEN, GridShape
+from .sockets import CATEGORY, GlmImageShape
+
+SIZE_FROM = ["pixels", "tokens", "tag"]
+
+
+class GLMImageShape(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GLMImageShape",
+            display_name="GLM-Image shape",
+            category=CATEGORY,
+            description="The size of the picture to generate. GLM-Image works in tokens of 32x32 px; "
+                        "text-to-image also samples a small preview grid first.",
+            inputs=[
+                io.Combo.Input("size_from", options=SIZE_FROM, default="pixels",
+                               tooltip="Which inputs set the size: width/height in pixels, token_h/token_w "
+                                       "in tokens, or a <sop>H W<eop> tag in 'tag'."),
+                io.Int.Input("width", default=1024, min=PIXELS_PER_TOKEN, max=MAX_SIDE_PX, step=PIXELS_PER_TOKEN,
+                             tooltip="Width in pixels (multiples of 32; used when size_from = pixels)."),
+                io.Int.Input("height", default=1024, min=PIXELS_PER_TOKEN, max=MAX_SIDE_PX, step=PIXELS_PER_TOKEN,
+                             tooltip="Height in pixels (multiples of 32; used when size_from = pixels)."),
+                io.Int.Input("token_h", default=32, min=1, max=MAX_SIDE_TOKENS,
+                             tooltip="Grid height in tokens of 32 px (used when size_from = tokens)."),
+                io.Int.Input("token_w", default=32, min=1, max=MAX_SIDE_TOKENS,
+                             tooltip="Grid width in tokens of 32 px (used when size_from = tokens)."),
+                io.String.Input("tag", default="<sop>32 32<eop>",
+                                tooltip="A grid written as GLM-Image writes it, <sop>H W<eop> in tokens "
+                                        "(used when size_from = tag)."),
+            ],
+            outputs=[
+                GlmImageShape.Output("shape", tooltip="The target grid, for the GLM-Image prompt node."),
+                io.Int.Output("width_px", tooltip="Width of the picture in pixels."),
+                io.Int.Output("height_px", tooltip="Height of the picture in pixels."),
+                io.Int.Output("token_h", tooltip="Grid height in tokens."),
+                io.Int.Output("token_w", tooltip="Grid width in tokens."),
+                io.Int.Output("preview_h", tooltip="Preview grid height (text-to-image samples it first)."),
+                io.Int.Output("preview_w", tooltip="Preview grid width."),
+                io.Int.Output("tokens_t2i", tooltip="Tokens sampled for text-to-image (preview + grid + end)."),
+                io.Int.Output("tokens_i2i", tooltip="Tokens sampled for image-to-image (grid + end)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, size_from: str, width: int, height: int, token_h: int, token_w: int,
+                tag: str) -> io.NodeOutput:
+        if size_from == "pixels":
+            shape = GridShape.from_pixels(width=width, height=height)
+        elif size_from == "tokens":
+            shape = GridShape(token_h, token_w)
+        elif size_from == "tag":
+            shape = GridShape.from_tag(tag)
+        else:
+            raise ValueError(f"size_from {size_from!r} is not one of {SIZE_FROM}")
+        prev_h, prev_w = shape.preview
+        return io.NodeOutput(shape, shape.width, shape.height, shape.token_h, shape.token_w, prev_h, prev_w,
+                             shape.max_new_tokens("t2i"), shape.max_new_tokens("i2i"))
