@@ -98,7 +98,7 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
     with ar.lock, ar_on_device(ar, offload_after=offload_after) as device:
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}
-        with torch.inference_mode():
+        with torch.no_grad():
             sources = _source_tokens(ar, inputs, model_inputs)
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):

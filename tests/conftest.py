@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny GLM-Image models built once per session, and the pack imported as ComfyUI does."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = Path(os.environ.get("GLMIMAGE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_ar_dir(tmp_path_factory) -> Path:
+    from glmimage_core.demo_models import build_tiny_ar_model
+
+    return build_tiny_ar_model(tmp_path_factory.mktemp("models") / "tiny-ar")
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_dir(tmp_path_factory) -> Path:
+    from glmimage_core.demo_models import build_tiny_hub_layout
+
+    return build_tiny_hub_layout(tmp_path_factory.mktemp("models") / "tiny-hub")
+
+
+@pytest.fixture(scope="session")
+def ar(tiny_ar_dir):
+    from glmimage_core.ar_loading import load_ar_model
+
+    return load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def comfy_pack():
+    """The pack imported the way ComfyUI imports a custom node folder (as a package), with
+    ComfyUI's own `comfy_api` importable. Needs scripts/setup_env.sh to have fetched ComfyUI."""
+    if not (COMFYUI_DIR / "comfy_api").is_dir():
+        pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set GLMIMAGE_COMFYUI_DIR)")
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFYUI_DIR))
+    name = "comfyui_glm_image_pack"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    importlib.import_module(f"{name}.nodes")
+    return module
