@@ -45,6 +45,9 @@ def comfy_pack():
         pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set GLMIMAGE_COMFYUI_DIR)")
     if str(COMFYUI_DIR) not in sys.path:
         sys.path.insert(0, str(COMFYUI_DIR))
+    from comfy.cli_args import args  # what `main.py --cpu` sets before anything touches a device
+
+    args.cpu = True
     name = "comfyui_glm_image_pack"
     if name in sys.modules:
         return sys.modules[name]

@@ -1,0 +1,82 @@
+"""The nodes, called in-process as ComfyUI calls them, with ComfyUI's real comfy_api."""
+
+import pytest
+import torch
+
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_pack):
+    import sys
+
+    return sys.modules[f"{comfy_pack.__name__}.nodes"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_ar_dir, monkeypatch_module):
+    monkeypatch_module.setenv("GLMIMAGE_MODELS_DIR", str(tiny_ar_dir.parent))
+    return tiny_ar_dir.parent
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _schemas(nodes):
+    return {n.define_schema().node_id: n for n in nodes.NODES}
+
+
+def test_every_input_and_output_has_a_tooltip_and_the_category_is_glm_image(nodes):
+    for node in nodes.NODES:
+        schema = node.define_schema()
+        assert schema.node_id.startswith("GLMImage")
+        assert schema.category.startswith("GLM-Image") and schema.description
+        for item in list(schema.inputs) + list(schema.outputs):
+            assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
+
+
+def test_text_to_image_through_the_nodes(nodes, models_dir, tiny_ar_dir):
+    n = _schemas(nodes)
+    loader = n["GLMImageARLoader"].define_schema().inputs[0]
+    assert tiny_ar_dir.name in loader.options
+    ar = n["GLMImageARLoader"].execute(model=tiny_ar_dir.name, dtype="fp32", device="cpu", attention="sdpa")[0]
+    shape_out = n["GLMImageShape"].execute(size_from="pixels", width=96, height=128, token_h=1, token_w=1, tag="")
+    shape = shape_out[0]
+    assert (shape.token_h, shape.token_w) == (4, 3) and list(shape_out.args[1:]) == [96, 128, 4, 3, 18, 13, 18 * 13 + 12 + 1, 13]
+    inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="a red fox", shape=shape)[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=True)[0]
+    prior, count = n["GLMImageExtractTokens"].execute(tokens=tokens).args
+    assert prior.grids.shape == (1, 4, 3) and count == 12 and prior.mode == "t2i"
+
+
+def test_image_to_image_through_the_nodes_with_a_batch_and_a_second_input(nodes, ar):
+    n = _schemas(nodes)
+    batch = torch.rand(2, 64, 96, 3)
+    other = torch.rand(1, 128, 64, 1)  # greyscale, another size
+    inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="edit <sop>2 3<eop>", image=batch, image_2=other)[0]
+    assert inputs.mode == "i2i" and len(inputs.sources) == 3
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=0, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=False)[0]
+    prior, count = n["GLMImageExtractTokens"].execute(tokens=tokens).args
+    assert prior.grids.shape == (1, 2, 3) and count == 6
+    assert [tuple(g.shape) for g in prior.source_grids] == [(2, 3), (2, 3), (4, 2)]
+
+
+def test_shape_node_modes_and_errors(nodes):
+    shape_node = _schemas(nodes)["GLMImageShape"]
+    assert shape_node.execute(size_from="tag", width=32, height=32, token_h=1, token_w=1,
+                              tag="<sop>36 24<eop>")[0].tag() == "<sop>36 24<eop>"
+    assert shape_node.execute(size_from="tokens", width=32, height=32, token_h=5, token_w=7,
+                              tag="")[0].tag() == "<sop>5 7<eop>"
+    with pytest.raises(ValueError, match="malformed"):
+        shape_node.execute(size_from="tag", width=32, height=32, token_h=1, token_w=1, tag="<sop>36x24<eop>")
+
+
+def test_loader_without_models_says_where_to_put_them(nodes):
+    loader = _schemas(nodes)["GLMImageARLoader"]
+    with pytest.raises(ValueError, match="models/glm_image"):
+        loader.execute(model=nodes.loader.NO_MODELS, dtype="auto", device="auto", attention="sdpa")
