@@ -8,8 +8,10 @@ from ..glmimage_core.model_folders import register_comfy_folder
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
 from .loader import GLMImageARLoader
+from .preview import GLMImagePreviewTokens
 from .prompt import GLMImagePrompt
 from .shape import GLMImageShape
+from .token_files import GLMImageLoadTokens, GLMImageSaveTokens
 
 NODES: list[type[io.ComfyNode]] = [
     GLMImageARLoader,
@@ -17,6 +19,9 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImagePrompt,
     GLMImageGenerateTokens,
     GLMImageExtractTokens,
+    GLMImagePreviewTokens,
+    GLMImageSaveTokens,
+    GLMImageLoadTokens,
 ]
 
 
