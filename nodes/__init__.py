@@ -5,6 +5,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from ..glmimage_core.model_folders import register_comfy_folder
+from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
 from .loader import GLMImageARLoader
@@ -22,6 +23,8 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImagePreviewTokens,
     GLMImageSaveTokens,
     GLMImageLoadTokens,
+    GLMImageDecoderLoader,
+    GLMImageDecode,
 ]
 
 

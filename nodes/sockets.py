@@ -7,5 +7,6 @@ GlmImageShape = io.Custom("GLMIMAGE_SHAPE")  # glmimage_core.shapes.GridShape
 GlmImageInputs = io.Custom("GLMIMAGE_INPUTS")  # glmimage_core.prompting.GlmImageInputs
 GlmImageTokens = io.Custom("GLMIMAGE_TOKENS")  # glmimage_core.generation.GeneratedTokens
 GlmImagePrior = io.Custom("GLMIMAGE_PRIOR")  # glmimage_core.prior.PriorTokens
+GlmImageDecoder = io.Custom("GLMIMAGE_DECODER")  # glmimage_core.decoder_loading.DecoderBundle
 
 CATEGORY = "GLM-Image"

@@ -1,0 +1,405 @@
+"""The diffusion decoder: GLM-Image tokens (`PriorTokens`) -> pixels.
+
+A port of diffusers' `GlmImagePipeline.__call__` from the point where prior
+tokens exist, split into the same steps (glyph texts, glyph embeddings,
+latents, timesteps, source-image KV cache, denoising loop, VAE decode) so the
+two can be read side by side. Same components, tokens and seed give the same
+pixels as `GlmImagePipeline(..., prior_token_ids=prior.d16(),
+generator=torch.Generator().manual_seed(seed))` (tests/test_decoding.py checks
+it). What differs from diffusers, on purpose:
+
+- inputs are validated first (both height and width, id ranges, codebook
+  sizes, source image count) with messages that name the input;
+- source images are resized here, once, to exactly 32 px per source token, so
+  VAE latents and prior ids line up whatever size the user's image has;
+- the initial noise always comes from a CPU generator (as with diffusers'
+  `torch.Generator()`), so a seed gives the same picture on CPU, CUDA or MPS;
+- the scheduler is a fresh copy per call and the VAE decodes one image at a
+  time (lower peak memory at 2048 px, same pixels);
+- progress and cancel go through ComfyUI when it is there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import runtime
+from .decoder_loading import DecoderBundle
+from .errors import GlmImageInputError
+from .images import resize_rgb, to_rgb
+from .prior import PriorTokens, upsample_d32_to_d16
+
+#: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
+MAX_GLYPH_BYTES = 2048
+MAX_STEPS = 1000
+
+
+# --------------------------------------------------------------------------- glyphs
+
+
+def get_glyph_texts(prompt: str) -> list[str]:
+    """The text the picture should show: everything in '...', “...”, "..." or 「...」.
+
+    Same order and patterns as diffusers (single quotes first), because the
+    glyph encoder sees the texts concatenated in that order.
+    """
+    return (
+        re.findall(r"'([^']*)'", prompt)
+        + re.findall(r"\u201c([^\u201c\u201d]*)\u201d", prompt)
+        + re.findall(r'"([^"]*)"', prompt)
+        + re.findall(r"「([^「」]*)」", prompt)
+    )
+
+
+def encode_glyphs(bundle: DecoderBundle, prompt: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[1, L, D] glyph embeddings: all glyph texts' byte embeddings, concatenated.
+
+    No glyph text encodes "" (just the EOS byte), which is also what the
+    unconditional branch uses.
+    """
+    texts = get_glyph_texts(prompt) or [""]
+    pad = bundle.tokenizer.pad_token_id
+    input_ids = bundle.tokenizer(texts, max_length=MAX_GLYPH_BYTES, truncation=True).input_ids
+    # diffusers prepends one pad to every text when the number of texts is even; the weights were
+    # tuned through that code, so keep it.
+    input_ids = [[pad] * ((len(input_ids) + 1) % 2) + ids for ids in input_ids]
+    longest = max(len(ids) for ids in input_ids)
+    mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in input_ids], device=device)
+    ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in input_ids], device=device)
+    hidden = bundle.text_encoder(ids, attention_mask=mask).last_hidden_state
+    return hidden[mask.bool()].unsqueeze(0).to(device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, base_shift: float = 0.25,
+                    max_shift: float = 0.75) -> float:
+    """mu for the resolution dependent time shift: bigger pictures spend more steps at high noise."""
+    return (image_seq_len / base_seq_len) ** 0.5 * max_shift + base_shift
+
+
+def make_scheduler(bundle: DecoderBundle, steps: int, image_seq_len: int, device: torch.device):
+    """A fresh scheduler set up for `steps`, and its timesteps.
+
+    The DiT is fed the *unshifted* integer timesteps (minus one, see the
+    loop) while the Euler step uses the *shifted* sigmas: passing both
+    `timesteps` and `sigmas` to `set_timesteps` gives exactly that split.
+    A copy keeps the bundle's scheduler free of per-call state.
+    """
+    scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
+    config = scheduler.config
+    timesteps = np.linspace(config.num_train_timesteps, 1.0, steps + 1)[:-1]
+    timesteps = timesteps.astype(np.int64).astype(np.float32)
+    sigmas = timesteps / config.num_train_timesteps
+    mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("base_shift", 0.25),
+                         config.get("max_shift", 0.75))
+    scheduler.set_timesteps(timesteps=timesteps, sigmas=sigmas, device=device, mu=mu)
+    return scheduler, scheduler.timesteps
+
+
+# --------------------------------------------------------------------------- latents
+
+
+def prepare_latents(bundle: DecoderBundle, batch: int, height: int, width: int, seed: int,
+                    device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Initial noise, drawn on the CPU from `seed` (as diffusers does with a CPU generator), then moved."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    scale = bundle.vae_scale_factor
+    shape = (batch, bundle.transformer.config.in_channels, height // scale, width // scale)
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _latent_stats(bundle: DecoderBundle, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    config = bundle.vae.config
+    mean = torch.tensor(config.latents_mean).view(1, config.latent_channels, 1, 1).to(device, dtype)
+    std = torch.tensor(config.latents_std).view(1, config.latent_channels, 1, 1).to(device, dtype)
+    return mean, std
+
+
+# --------------------------------------------------------------------------- source images
+
+
+def source_image_list(source_images: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    """Flatten ComfyUI IMAGE tensors ([B,H,W,C] or [H,W,C]) into a list of [H,W,C] images."""
+    if source_images is None:
+        return []
+    if isinstance(source_images, torch.Tensor):
+        source_images = [source_images]
+    images: list[torch.Tensor] = []
+    for index, item in enumerate(source_images):
+        if not isinstance(item, torch.Tensor) or item.dim() not in (3, 4):
+            shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+            raise GlmImageInputError(f"source image {index + 1} is {shape}; expected an IMAGE tensor "
+                                     "[batch, height, width, channels] or [height, width, channels]")
+        images.extend(item.unbind(0) if item.dim() == 4 else [item])
+    return images
+
+
+def resize_source_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[H,W,C] 0..1 -> [1,3,height,width] in -1..1, the VAE's input.
+
+    Uses the same RGB conversion and resize as the AR stage's source images
+    (`images.to_rgb` + `images.resize_rgb`), so both stages look at the same
+    picture; a picture already at the size is kept bit for bit.
+    """
+    pixels = resize_rgb(to_rgb(image), height, width)
+    return pixels.permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
+
+
+@torch.inference_mode()
+def build_source_kv_cache(bundle: DecoderBundle, images: list[torch.Tensor], grids: list[torch.Tensor],
+                          device: torch.device, dtype: torch.dtype):
+    """Run each source image once through the DiT (timestep 0) and keep every layer's keys/values.
+
+    The denoising passes then read these keys/values (conditional branch) or
+    skip them (unconditional branch): that is how GLM-Image edits a picture.
+    All samples of a batch share the sources, so one cache slot is written
+    and the DiT expands it over the batch.
+    """
+    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
+
+    kv_caches = GlmImageKVCache(num_layers=bundle.transformer.config.num_layers)
+    kv_caches.set_mode("write")
+    mean, std = _latent_stats(bundle, device, dtype)
+    for image, grid in zip(images, grids):
+        pixels = resize_source_image(image, 32 * grid.shape[0], 32 * grid.shape[1])
+        pixels = pixels.to(device=device, dtype=bundle.vae_dtype)
+        latent = bundle.vae.encode(pixels).latent_dist.mode().to(dtype)
+        latent = (latent - mean) / std
+        prior_ids = upsample_d32_to_d16(grid).reshape(1, -1).to(device)
+        bundle.transformer(
+            hidden_states=latent,
+            encoder_hidden_states=torch.zeros((1, 0, bundle.transformer.config.text_embed_dim), device=device,
+                                              dtype=dtype),
+            prior_token_id=prior_ids,
+            prior_token_drop=torch.zeros_like(prior_ids, dtype=torch.bool),
+            timestep=torch.zeros((1,), device=device),
+            target_size=torch.tensor([pixels.shape[-2:]], device=device),
+            crop_coords=torch.zeros((1, 2), device=device),
+            kv_caches=kv_caches,
+        )
+    return kv_caches
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class DecodeInputs:
+    """Checked inputs: what the loop needs, derived once."""
+
+    prompt: str
+    grids: torch.Tensor  # [N, H, W] int64 (CPU)
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    sources: list[torch.Tensor]  # [H, W, C] float per source grid
+    source_grids: list[torch.Tensor]
+
+
+def validate(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None, steps: int, guidance: float,
+             source_images) -> DecodeInputs:
+    """Everything that would fail deep inside the DiT or silently give garbage, checked up front."""
+    if not isinstance(prior, PriorTokens):
+        raise GlmImageInputError(f"prior must be GLM-Image tokens (PriorTokens), got {type(prior).__name__}")
+    prompt = prior.prompt if prompt is None else prompt
+    if not isinstance(prompt, str):
+        raise GlmImageInputError(f"prompt must be text, got {type(prompt).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
+        raise GlmImageInputError(f"steps is {steps!r}; it must be a whole number from 1 to {MAX_STEPS} (50 is usual)")
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
+        raise GlmImageInputError(f"guidance is {guidance!r}; it must be a number >= 0 (1.5 is usual, "
+                                 "<= 1 turns classifier-free guidance off)")
+    grids = _check_grids(prior.grids, "prior tokens' grids", batch=True)
+    _check_codebook(bundle, prior)
+    _check_ids(grids, bundle.codebook_size, "prior tokens")
+    height, width = 32 * grids.shape[-2], 32 * grids.shape[-1]
+    check_size(bundle, height, width, "prior tokens")
+
+    if prior.mode not in ("t2i", "i2i"):
+        raise GlmImageInputError(f"prior tokens' mode is {prior.mode!r}; expected 't2i' or 'i2i'")
+    images = source_image_list(source_images)
+    source_grids: list[torch.Tensor] = []
+    if prior.mode == "t2i":
+        if images:
+            raise GlmImageInputError(f"{len(images)} source image(s) given but the prior tokens are text-to-image; "
+                                     "disconnect the source images or make image-to-image tokens")
+    else:
+        source_grids = [_check_grids(g, f"source grid {i + 1}", batch=False) for i, g in enumerate(prior.source_grids)]
+        if not source_grids:
+            raise GlmImageInputError("the prior tokens are image-to-image but hold no source grids; "
+                                     "make the tokens again from the source images")
+        if len(images) != len(source_grids):
+            raise GlmImageInputError(
+                f"source images: {len(images)} given, but the prior tokens were made from {len(source_grids)} "
+                "source image(s); connect the same images (in the same order) that made the tokens")
+        for index, (image, grid) in enumerate(zip(images, source_grids)):
+            _check_ids(grid, bundle.codebook_size, f"source grid {index + 1}")
+            check_size(bundle, 32 * grid.shape[0], 32 * grid.shape[1], f"source grid {index + 1}")
+            _check_image(image, index)
+    return DecodeInputs(prompt=prompt, grids=grids, height=height, width=width, steps=int(steps),
+                        guidance=float(guidance), sources=images, source_grids=source_grids)
+
+
+def _check_grids(grids, what: str, batch: bool) -> torch.Tensor:
+    dims = 3 if batch else 2
+    layout = "[N, token_h, token_w]" if batch else "[token_h, token_w]"
+    if not isinstance(grids, torch.Tensor) or grids.dim() != dims:
+        shape = tuple(grids.shape) if isinstance(grids, torch.Tensor) else type(grids).__name__
+        raise GlmImageInputError(f"{what} have shape {shape}; expected {layout} ids")
+    if grids.dtype.is_floating_point or grids.dtype == torch.bool or grids.is_complex():
+        raise GlmImageInputError(f"{what} are {grids.dtype}; expected integer codebook ids")
+    if grids.numel() == 0:
+        raise GlmImageInputError(f"{what} are empty (shape {tuple(grids.shape)}); nothing to decode")
+    return grids.detach().to("cpu", torch.long)
+
+
+def _check_codebook(bundle: DecoderBundle, prior: PriorTokens) -> None:
+    if int(prior.codebook_size) != bundle.codebook_size:
+        raise GlmImageInputError(
+            f"the prior tokens come from a codebook of {prior.codebook_size} ids but the decoder "
+            f"{bundle.path!r} knows {bundle.codebook_size} (its DiT's prior_vq_quantizer_codebook_size); "
+            "use the AR model and the decoder of the same GLM-Image release")
+
+
+def _check_ids(ids: torch.Tensor, codebook: int, what: str) -> None:
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= codebook:
+        bad = low if low < 0 else high
+        raise GlmImageInputError(f"{what} hold id {bad}, outside the decoder's codebook 0..{codebook - 1}: "
+                                 "the AR stage sampled a special token inside the grid, or the tokens were "
+                                 "edited; make them again")
+
+
+def check_size(bundle: DecoderBundle, height: int, width: int, what: str) -> None:
+    """One d16 prior id per DiT patch: the DiT's patch must cover 16 px and both sides divide by 32.
+
+    diffusers only checks the width against 4; a width that is not a multiple
+    of 32 would misalign prior ids and latent patches without an error.
+    """
+    per_patch = bundle.vae_scale_factor * bundle.patch_size
+    if per_patch != 16:
+        raise GlmImageInputError(
+            f"decoder {bundle.path!r} covers {per_patch} px per DiT patch (VAE scale {bundle.vae_scale_factor} x "
+            f"patch {bundle.patch_size}); GLM-Image tokens need 16, so {what} cannot be decoded with it")
+    multiple = per_patch * 2
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise GlmImageInputError(f"{what} make a {width}x{height} px picture; both sides must be positive "
+                                 f"multiples of {multiple}")
+
+
+def _check_image(image: torch.Tensor, index: int) -> None:
+    h, w, c = image.shape
+    if h == 0 or w == 0 or c == 0:
+        raise GlmImageInputError(f"source image {index + 1} is empty ({w}x{h} px, {c} channels)")
+    if c not in (1, 3, 4):
+        raise GlmImageInputError(f"source image {index + 1} has {c} channels; expected 1, 3 or 4 (IMAGE is "
+                                 "[batch, height, width, channels])")
+    if not image.dtype.is_floating_point:
+        raise GlmImageInputError(f"source image {index + 1} is {image.dtype}; expected float pixels in 0..1")
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def _move_to(bundle: DecoderBundle, device: torch.device) -> None:
+    for module in (bundle.transformer, bundle.vae, bundle.text_encoder):
+        if next(module.parameters()).device != device:
+            module.to(device)
+
+
+def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None = None, steps: int = 50,
+                 guidance: float = 1.5, seed: int = 0,
+                 source_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                 progress: runtime.Progress | None = None) -> torch.Tensor:
+    """Render GLM-Image tokens: [N, H, W, 3] float32 pixels in 0..1 on the CPU (ComfyUI's IMAGE).
+
+    `prompt` (default: the tokens' own prompt) only feeds the glyph encoder,
+    i.e. its quoted text. `guidance` > 1 runs classifier-free guidance against
+    empty glyphs and dropped prior tokens, as diffusers does. For
+    image-to-image tokens, `source_images` are the pictures the tokens were
+    made from, in the same order.
+    """
+    inputs = validate(bundle, prior, prompt, steps, guidance, source_images)
+    progress = progress if progress is not None else runtime.progress_bar(inputs.steps)
+    with bundle.lock:
+        _move_to(bundle, bundle.device)
+        with torch.inference_mode():
+            return _decode(bundle, inputs, seed, progress)
+
+
+def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress) -> torch.Tensor:
+    device, dtype = bundle.device, bundle.transformer.dtype
+    transformer = bundle.transformer
+    batch = inputs.grids.shape[0]
+    do_cfg = inputs.guidance > 1.0
+
+    # 1. Glyph embeddings: the conditional branch sees the prompt's quoted text, the other one nothing.
+    prompt_embeds = encode_glyphs(bundle, inputs.prompt, device, dtype).expand(batch, -1, -1)
+    negative_embeds = encode_glyphs(bundle, "", device, dtype).expand(batch, -1, -1) if do_cfg else None
+
+    # 2. Noise, then the source images' keys/values for image-to-image.
+    latents = prepare_latents(bundle, batch, inputs.height, inputs.width, seed, device, dtype)
+    kv_caches = None
+    if inputs.source_grids:
+        kv_caches = build_source_kv_cache(bundle, inputs.sources, inputs.source_grids, device, dtype)
+
+    # 3. Size conditioning and the schedule.
+    target_size = torch.tensor([[inputs.height, inputs.width]], dtype=dtype, device=device).repeat(batch, 1)
+    crop_coords = torch.zeros((batch, 2), dtype=dtype, device=device)
+    scale = bundle.vae_scale_factor
+    image_seq_len = (inputs.height // scale) * (inputs.width // scale) // bundle.patch_size**2
+    scheduler, timesteps = make_scheduler(bundle, inputs.steps, image_seq_len, device)
+
+    # 4. Denoising loop. Prior ids are d16: one per DiT patch. The unconditional branch drops them all.
+    prior_ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1).to(device)
+    keep_prior = torch.zeros_like(prior_ids, dtype=torch.bool)
+    drop_prior = torch.ones_like(prior_ids, dtype=torch.bool)
+    rotary = tuple(t.to(device) for t in transformer.rope(latents))  # same for every step: compute once
+    common = dict(prior_token_id=prior_ids, target_size=target_size, crop_coords=crop_coords,
+                  image_rotary_emb=rotary, kv_caches=kv_caches, return_dict=False)
+    try:
+        for t in timesteps:
+            runtime.check_interrupted()
+            latent_input = latents.to(dtype)
+            timestep = t.expand(batch) - 1  # the DiT was trained on t-1 (see make_scheduler)
+            if kv_caches is not None:
+                kv_caches.set_mode("read")
+            noise_pred = transformer(hidden_states=latent_input, encoder_hidden_states=prompt_embeds,
+                                     prior_token_drop=keep_prior, timestep=timestep, **common)[0].float()
+            if do_cfg:
+                if kv_caches is not None:
+                    kv_caches.set_mode("skip")
+                noise_uncond = transformer(hidden_states=latent_input, encoder_hidden_states=negative_embeds,
+                                           prior_token_drop=drop_prior, timestep=timestep, **common)[0].float()
+                noise_pred = noise_uncond + inputs.guidance * (noise_pred - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            progress.update(1)
+    finally:
+        if kv_caches is not None:
+            kv_caches.clear()
+
+    # 5. Latents -> pixels, one picture at a time to bound the VAE's peak memory.
+    return decode_latents(bundle, latents)
+
+
+def decode_latents(bundle: DecoderBundle, latents: torch.Tensor) -> torch.Tensor:
+    """Un-normalise latents with the VAE's mean/std and decode: [N,C,h,w] -> [N,H,W,3] 0..1 float32 CPU."""
+    latents = latents.to(bundle.vae_dtype)
+    mean, std = _latent_stats(bundle, latents.device, latents.dtype)
+    latents = latents * std + mean
+    pictures = []
+    for latent in latents.split(1):
+        image = bundle.vae.decode(latent, return_dict=False)[0]
+        pictures.append((image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu())
+    return torch.cat(pictures)

@@ -1,0 +1,107 @@
+"""A tiny, randomly initialised GLM-Image diffusion decoder built on the spot.
+
+Same classes and folder layout as zai-org/GLM-Image's decoder half, a few
+hundred kilobytes big, so the decode path, the loader and the hub-layout
+handling run in tests and CI with no weights and no network. Together with
+`demo_models.build_tiny_ar_model` it makes a complete hub-layout folder that
+diffusers' own `GlmImagePipeline.from_pretrained` accepts, which is what the
+tests compare against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .demo_models import TINY_CODEBOOK, build_tiny_hub_layout
+
+#: The scheduler settings of GLM-Image as far as `GlmImagePipeline` reads them:
+#: dynamic (resolution dependent) shifting with mu = sqrt(seq_len / 256) * 0.75 + 0.25
+#: and CogView4's linear time shift. The pipeline passes its own timesteps and
+#: sigmas, so only the shifting keys matter.
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=1.0,
+    use_dynamic_shifting=True,
+    base_shift=0.25,
+    max_shift=0.75,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+    time_shift_type="linear",
+    invert_sigmas=False,
+    shift_terminal=None,
+)
+
+#: What `model_index.json` lists for each component, as the hub's file does.
+MODEL_INDEX = {
+    "_class_name": "GlmImagePipeline",
+    "_diffusers_version": "0.42.1",
+    "processor": ["transformers", "GlmImageProcessor"],
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "ByT5Tokenizer"],
+    "transformer": ["diffusers", "GlmImageTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    "vision_language_encoder": ["transformers", "GlmImageForConditionalGeneration"],
+}
+_DECODER_KEYS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
+
+
+def build_tiny_decoder(out_dir: str | Path, codebook: int = TINY_CODEBOOK, seed: int = 0,
+                       patch_size: int = 2) -> Path:
+    """Write `transformer/ vae/ text_encoder/ tokenizer/ scheduler/` + `model_index.json` to `out_dir`.
+
+    patch_size x vae_scale_factor (8) must be 16 for GLM-Image tokens to line
+    up with DiT patches; `patch_size` is a parameter only so that tests can
+    build a decoder that violates it.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, GlmImageTransformer2DModel
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_ff=64, num_layers=2, num_heads=2,
+                                           d_kv=16, decoder_start_token_id=0)).eval()
+    transformer = GlmImageTransformer2DModel(
+        patch_size=patch_size, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, text_embed_dim=text_encoder.config.d_model, time_embed_dim=16, condition_dim=8,
+        prior_vq_quantizer_codebook_size=codebook,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8, 16, 16),
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        norm_num_groups=4, sample_size=128,
+        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0],
+    )
+    transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    ByT5Tokenizer().save_pretrained(out / "tokenizer")
+    FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+    _write_model_index(out)
+    return out
+
+
+def _write_model_index(root: Path) -> None:
+    """Add the decoder entries to `model_index.json`, keeping AR entries already there."""
+    index_file = root / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    index.setdefault("_class_name", MODEL_INDEX["_class_name"])
+    index.setdefault("_diffusers_version", MODEL_INDEX["_diffusers_version"])
+    for key in _DECODER_KEYS:
+        index[key] = MODEL_INDEX[key]
+    index_file.write_text(json.dumps(dict(sorted(index.items())), indent=2))
+
+
+def build_tiny_full_hub_layout(root: str | Path, seed: int = 0, codebook: int = TINY_CODEBOOK) -> Path:
+    """AR model (`vision_language_encoder/`, `processor/`) + decoder in one hub-layout folder.
+
+    The result loads with `GlmImagePipeline.from_pretrained(root)` as the real
+    zai-org/GLM-Image folder does.
+    """
+    root = build_tiny_hub_layout(root, seed=seed, codebook=codebook)
+    build_tiny_decoder(root, codebook=codebook, seed=seed)
+    return root

@@ -1,0 +1,79 @@
+from comfy_api.latest import io
+
+from ..glmimage_core import decoder_loading
+from ..glmimage_core.decoding import decode_prior
+from ..glmimage_core.images import split_batch
+from ..glmimage_core.model_folders import list_model_folders
+from .loader import NO_MODELS
+from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
+
+
+class GLMImageDecoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GLMImageDecoderLoader",
+            display_name="Load GLM-Image decoder",
+            category=CATEGORY,
+            description="Loads GLM-Image's diffusion decoder (DiT, VAE, glyph text encoder, scheduler) from the "
+                        "hub layout folder under models/glm_image/. Loaded once and reused by later runs.",
+            inputs=[
+                io.Combo.Input("model", options=list_model_folders() or [NO_MODELS],
+                               tooltip="A folder under models/glm_image/ with transformer/, vae/, text_encoder/, "
+                                       "tokenizer/ and scheduler/ (the zai-org/GLM-Image download)."),
+                io.Combo.Input("dtype", options=decoder_loading.DTYPE_CHOICES, default="auto",
+                               tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights)."),
+                io.Combo.Input("device", options=["auto", "gpu", "cpu"], default="auto",
+                               tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow."),
+            ],
+            outputs=[GlmImageDecoder.Output("decoder", tooltip="The diffusion decoder.")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
+        if model == NO_MODELS:
+            raise ValueError("model: no model folder found in models/glm_image/. Download zai-org/GLM-Image "
+                             "into models/glm_image/GLM-Image and refresh the page.")
+        return io.NodeOutput(decoder_loading.load_decoder(model, dtype=dtype, device=device))
+
+
+class GLMImageDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GLMImageDecode",
+            display_name="GLM-Image decode",
+            category=CATEGORY,
+            description="Renders GLM-Image tokens to a picture with the diffusion decoder (one progress step "
+                        "per denoising step; cancel stops between steps). Changing only these settings "
+                        "re-runs the decoder, not the token sampling.",
+            inputs=[
+                GlmImageDecoder.Input("decoder", tooltip="From 'Load GLM-Image decoder'."),
+                GlmImagePrior.Input("prior", tooltip="From 'GLM-Image extract tokens' or 'Load GLM-Image tokens'."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="Text in quotes is drawn as lettering. Empty = the prompt the tokens "
+                                        "were made from."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (50 = the authors')."),
+                io.Float.Input("guidance", default=1.5, min=0.0, max=20.0, step=0.05,
+                               tooltip="Classifier-free guidance; 1.0 turns it off (half the work)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFF_FFFF_FFFF_FFFF, control_after_generate=True,
+                             tooltip="Seed of the starting noise."),
+                io.Image.Input("image", optional=True,
+                               tooltip="Image-to-image: the same source image(s) given to the prompt node, in "
+                                       "the same order (image, then image_2)."),
+                io.Image.Input("image_2", optional=True, tooltip="The prompt node's image_2 sources."),
+            ],
+            outputs=[io.Image.Output("image", tooltip="The picture(s), one per token grid.")],
+        )
+
+    @classmethod
+    def execute(cls, decoder, prior, prompt: str, steps: int, guidance: float, seed: int, image=None,
+                image_2=None) -> io.NodeOutput:
+        sources = []
+        if image is not None:
+            sources += split_batch(image, "image")
+        if image_2 is not None:
+            sources += split_batch(image_2, "image_2")
+        pixels = decode_prior(decoder, prior, prompt=prompt.strip() or None, steps=steps, guidance=guidance,
+                              seed=seed, source_images=sources or None)
+        return io.NodeOutput(pixels)
