@@ -1,5 +1,7 @@
 """The nodes, called in-process as ComfyUI calls them, with ComfyUI's real comfy_api."""
 
+import os
+
 import pytest
 import torch
 
@@ -80,3 +82,67 @@ def test_loader_without_models_says_where_to_put_them(nodes):
     loader = _schemas(nodes)["GLMImageARLoader"]
     with pytest.raises(ValueError, match="models/glm_image"):
         loader.execute(model=nodes.loader.NO_MODELS, dtype="auto", device="auto", attention="sdpa")
+
+
+@pytest.fixture(scope="module")
+def full_model(tmp_path_factory, monkeypatch_module):
+    from glmimage_core.demo_decoder import build_tiny_full_hub_layout
+
+    root = tmp_path_factory.mktemp("full")
+    build_tiny_full_hub_layout(root / "GLM-Image")
+    monkeypatch_module.setenv("GLMIMAGE_MODELS_DIR", str(root))
+    return root / "GLM-Image"
+
+
+def _t2i_prior(n, seed=3):
+    ar = n["GLMImageARLoader"].execute(model="GLM-Image", dtype="auto", device="auto", attention="sdpa")[0]
+    inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt='a sign that says "HI" <sop>4 3<eop>')[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=seed, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=True)[0]
+    return n["GLMImageExtractTokens"].execute(tokens=tokens)[0]
+
+
+def test_decode_preview_and_token_roundtrip_through_the_nodes(nodes, full_model, tmp_path):
+    import folder_paths
+
+    n = _schemas(nodes)
+    prior = _t2i_prior(n)
+    decoder = n["GLMImageDecoderLoader"].execute(model="GLM-Image", dtype="auto", device="auto")[0]
+    image = n["GLMImageDecode"].execute(decoder=decoder, prior=prior, prompt="", steps=3, guidance=1.5, seed=0)[0]
+    assert image.shape == (1, 128, 96, 3) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+    preview = n["GLMImagePreviewTokens"].execute(prior=prior, cell_px=4)[0]
+    assert preview.shape == (1, 16, 12, 3)
+
+    folder_paths.set_output_directory(str(tmp_path))
+    saved = n["GLMImageSaveTokens"].execute(prior=prior, filename_prefix="glm_image/tokens")
+    file = saved[0]
+    assert file == "glm_image/tokens_00001_.safetensors [output]" and saved.ui == {"text": [file[:-9]]}
+    loaded = n["GLMImageLoadTokens"].execute(file=file)[0]
+    assert torch.equal(loaded.grids, prior.grids) and loaded.prompt == prior.prompt
+    again = n["GLMImageDecode"].execute(decoder=decoder, prior=loaded, prompt="", steps=3, guidance=1.5, seed=0)[0]
+    assert torch.equal(again, image)  # re-decoding saved tokens gives the same picture
+    first = n["GLMImageLoadTokens"].fingerprint_inputs(file=file)
+    assert n["GLMImageLoadTokens"].fingerprint_inputs(file=file) == first
+    saved_file = tmp_path / "glm_image" / "tokens_00001_.safetensors"
+    os.utime(saved_file, ns=(0, saved_file.stat().st_mtime_ns + 10**9))  # the file changed on disk
+    assert n["GLMImageLoadTokens"].fingerprint_inputs(file=file) != first
+    with pytest.raises(ValueError, match="file is empty"):
+        n["GLMImageLoadTokens"].execute(file="  ")
+
+
+def test_image_to_image_decode_through_the_nodes(nodes, full_model):
+    n = _schemas(nodes)
+    ar = n["GLMImageARLoader"].execute(model="GLM-Image", dtype="auto", device="auto", attention="sdpa")[0]
+    source = torch.rand(1, 96, 64, 4)  # RGBA, any size
+    inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="make it blue", image=source)[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=0, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=False)[0]
+    prior = n["GLMImageExtractTokens"].execute(tokens=tokens)[0]
+    decoder = n["GLMImageDecoderLoader"].execute(model="GLM-Image", dtype="auto", device="auto")[0]
+    image = n["GLMImageDecode"].execute(decoder=decoder, prior=prior, prompt="", steps=2, guidance=1.5, seed=0,
+                                        image=source)[0]
+    assert image.shape == (1, inputs.shape.height, inputs.shape.width, 3)
+    with pytest.raises(ValueError, match="source image"):
+        n["GLMImageDecode"].execute(decoder=decoder, prior=prior, prompt="", steps=2, guidance=1.5, seed=0)
