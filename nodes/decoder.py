@@ -58,22 +58,23 @@ class GLMImageDecode(io.ComfyNode):
                                tooltip="Classifier-free guidance; 1.0 turns it off (half the work)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFF_FFFF_FFFF_FFFF, control_after_generate=True,
                              tooltip="Seed of the starting noise."),
-                io.Image.Input("image", optional=True,
-                               tooltip="Image-to-image: the same source image(s) given to the prompt node, in "
-                                       "the same order (image, then image_2)."),
-                io.Image.Input("image_2", optional=True, tooltip="The prompt node's image_2 sources."),
+                io.Image.Input("source_image", optional=True,
+                               tooltip="Image-to-image: the source image(s) connected to the prompt node's "
+                                       "'image' input, in the same order."),
+                io.Image.Input("source_image_2", optional=True,
+                               tooltip="The source image(s) connected to the prompt node's 'image_2'."),
             ],
             outputs=[io.Image.Output("image", tooltip="The picture(s), one per token grid.")],
         )
 
     @classmethod
-    def execute(cls, decoder, prior, prompt: str, steps: int, guidance: float, seed: int, image=None,
-                image_2=None) -> io.NodeOutput:
+    def execute(cls, decoder, prior, prompt: str, steps: int, guidance: float, seed: int, source_image=None,
+                source_image_2=None) -> io.NodeOutput:
         sources = []
-        if image is not None:
-            sources += split_batch(image, "image")
-        if image_2 is not None:
-            sources += split_batch(image_2, "image_2")
+        if source_image is not None:
+            sources += split_batch(source_image, "source_image")
+        if source_image_2 is not None:
+            sources += split_batch(source_image_2, "source_image_2")
         pixels = decode_prior(decoder, prior, prompt=prompt.strip() or None, steps=steps, guidance=guidance,
                               seed=seed, source_images=sources or None)
         return io.NodeOutput(pixels)

@@ -34,6 +34,7 @@ def _schemas(nodes):
 def test_every_input_and_output_has_a_tooltip_and_the_category_is_glm_image(nodes):
     for node in nodes.NODES:
         schema = node.define_schema()
+        schema.validate()  # what ComfyUI checks when it loads the pack (e.g. unique input/output ids)
         assert schema.node_id.startswith("GLMImage")
         assert schema.category.startswith("GLM-Image") and schema.description
         for item in list(schema.inputs) + list(schema.outputs):
@@ -142,7 +143,7 @@ def test_image_to_image_decode_through_the_nodes(nodes, full_model):
     prior = n["GLMImageExtractTokens"].execute(tokens=tokens)[0]
     decoder = n["GLMImageDecoderLoader"].execute(model="GLM-Image", dtype="auto", device="auto")[0]
     image = n["GLMImageDecode"].execute(decoder=decoder, prior=prior, prompt="", steps=2, guidance=1.5, seed=0,
-                                        image=source)[0]
+                                        source_image=source)[0]
     assert image.shape == (1, inputs.shape.height, inputs.shape.width, 3)
     with pytest.raises(ValueError, match="source image"):
         n["GLMImageDecode"].execute(decoder=decoder, prior=prior, prompt="", steps=2, guidance=1.5, seed=0)
