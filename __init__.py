@@ -1,12 +1,14 @@
 """ComfyUI-GLM-Image: GLM-Image (zai-org/GLM-Image) as ComfyUI nodes.
 
-ComfyUI imports this file; plain Python use goes through `glmimage_core`.
+ComfyUI imports this file as a package and calls `comfy_entrypoint`; plain
+Python use goes through `glmimage_core`. Nothing is imported at module level,
+so tools that import this file outside a package (pytest collecting the repo
+root) do not fail.
 """
-
-from .glmimage_core.model_folders import register_comfy_folder
 
 
 async def comfy_entrypoint():
+    from .glmimage_core.model_folders import register_comfy_folder
     from .nodes import GlmImageExtension
 
     register_comfy_folder()

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 VENV=$REPO/.venv
 CACHE=$REPO/.cache
 COMFY=$CACHE/comfyui
-STAMP_VERSION=4
+STAMP_VERSION=5
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -19,7 +19,9 @@ say() { printf '[setup] %s\n' "$*"; }
 # was built with: pin the pair (on this workplace's machines both wheels lie on local disk; the CUDA
 # build of torch runs on the CPU too). Nothing may then pull in another torch.
 mkdir -p "$CACHE"
-printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$CACHE/constraints.txt"
+# transformers/diffusers are pinned to the releases the pack was checked against (requirements.txt
+# only sets the floor for users).
+printf 'torch==2.14.1\ntorchvision==0.29.1\ntransformers==5.23.0\ndiffusers==0.42.1\n' > "$CACHE/constraints.txt"
 pipq() { "$VENV/bin/python" -m pip install -q -c "$CACHE/constraints.txt" "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$STAMP_VERSION $(sha1sum requirements.txt | cut -c1-12)" ]; }
