@@ -45,16 +45,29 @@ class GLMImageShape(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, size_from: str, width: int, height: int, token_h: int, token_w: int,
+                        tag: str) -> bool | str:
+        """Report a bad size when the graph is queued, before anything runs."""
+        try:
+            _shape(size_from, width, height, token_h, token_w, tag)
+        except ValueError as err:
+            return str(err)
+        return True
+
+    @classmethod
     def execute(cls, size_from: str, width: int, height: int, token_h: int, token_w: int,
                 tag: str) -> io.NodeOutput:
-        if size_from == "pixels":
-            shape = GridShape.from_pixels(width=width, height=height)
-        elif size_from == "tokens":
-            shape = GridShape(token_h, token_w)
-        elif size_from == "tag":
-            shape = GridShape.from_tag(tag)
-        else:
-            raise ValueError(f"size_from {size_from!r} is not one of {SIZE_FROM}")
+        shape = _shape(size_from, width, height, token_h, token_w, tag)
         prev_h, prev_w = shape.preview
         return io.NodeOutput(shape, shape.width, shape.height, shape.token_h, shape.token_w, prev_h, prev_w,
                              shape.max_new_tokens("t2i"), shape.max_new_tokens("i2i"))
+
+
+def _shape(size_from: str, width: int, height: int, token_h: int, token_w: int, tag: str) -> GridShape:
+    if size_from == "pixels":
+        return GridShape.from_pixels(width=width, height=height)
+    if size_from == "tokens":
+        return GridShape(token_h, token_w)
+    if size_from == "tag":
+        return GridShape.from_tag(tag)
+    raise ValueError(f"size_from {size_from!r} is not one of {SIZE_FROM}")

@@ -77,6 +77,10 @@ def test_shape_node_modes_and_errors(nodes):
                               tag="")[0].tag() == "<sop>5 7<eop>"
     with pytest.raises(ValueError, match="malformed"):
         shape_node.execute(size_from="tag", width=32, height=32, token_h=1, token_w=1, tag="<sop>36x24<eop>")
+    assert shape_node.validate_inputs(size_from="tag", width=32, height=32, token_h=1, token_w=1,
+                                      tag="<sop>36 24<eop>") is True
+    assert "malformed" in shape_node.validate_inputs(size_from="tag", width=32, height=32, token_h=1, token_w=1,
+                                                     tag="<sop>36x24<eop>")
 
 
 def test_loader_without_models_says_where_to_put_them(nodes):
