@@ -3,8 +3,7 @@ from comfy_api.latest import io
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.decoding import decode_prior
 from ..glmimage_core.images import split_batch
-from ..glmimage_core.model_folders import list_model_folders
-from .loader import NO_MODELS
+from .loader import model_choices, require_model
 from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
 
 
@@ -18,7 +17,7 @@ class GLMImageDecoderLoader(io.ComfyNode):
             description="Loads GLM-Image's diffusion decoder (DiT, VAE, glyph text encoder, scheduler) from the "
                         "hub layout folder under models/glm_image/. Loaded once and reused by later runs.",
             inputs=[
-                io.Combo.Input("model", options=list_model_folders() or [NO_MODELS],
+                io.Combo.Input("model", options=model_choices(),
                                tooltip="A folder under models/glm_image/ with transformer/, vae/, text_encoder/, "
                                        "tokenizer/ and scheduler/ (the zai-org/GLM-Image download)."),
                 io.Combo.Input("dtype", options=decoder_loading.DTYPE_CHOICES, default="auto",
@@ -31,10 +30,7 @@ class GLMImageDecoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
-        if model == NO_MODELS:
-            raise ValueError("model: no model folder found in models/glm_image/. Download zai-org/GLM-Image "
-                             "into models/glm_image/GLM-Image and refresh the page.")
-        return io.NodeOutput(decoder_loading.load_decoder(model, dtype=dtype, device=device))
+        return io.NodeOutput(decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device))
 
 
 class GLMImageDecode(io.ComfyNode):

@@ -7,6 +7,18 @@ from .sockets import CATEGORY, GlmImageAR
 NO_MODELS = "(no models in models/glm_image)"
 
 
+def model_choices() -> list[str]:
+    """The folders under models/glm_image/, or a placeholder that says where to put them."""
+    return list_model_folders() or [NO_MODELS]
+
+
+def require_model(model: str) -> str:
+    if model == NO_MODELS:
+        raise ValueError("model: no model folder found in models/glm_image/. Download zai-org/GLM-Image "
+                         "into models/glm_image/GLM-Image and refresh the page.")
+    return model
+
+
 class GLMImageARLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -17,7 +29,7 @@ class GLMImageARLoader(io.ComfyNode):
             description="Loads GLM-Image's autoregressive model (GlmImageForConditionalGeneration, ~9B) and its "
                         "processor from a folder under models/glm_image/. Loaded once and reused by later runs.",
             inputs=[
-                io.Combo.Input("model", options=list_model_folders() or [NO_MODELS],
+                io.Combo.Input("model", options=model_choices(),
                                tooltip="A folder under models/glm_image/: the hub's zai-org/GLM-Image download "
                                        "(model_index.json, vision_language_encoder/, processor/) or a plain "
                                        "transformers folder (config.json + tokenizer files)."),
@@ -35,10 +47,8 @@ class GLMImageARLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, dtype: str, device: str, attention: str) -> io.NodeOutput:
-        if model == NO_MODELS:
-            raise ValueError("model: no model folder found in models/glm_image/. Download zai-org/GLM-Image "
-                             "into models/glm_image/GLM-Image and refresh the page.")
-        return io.NodeOutput(ar_loading.load_ar_model(model, dtype=dtype, device=device, attention=attention))
+        return io.NodeOutput(ar_loading.load_ar_model(require_model(model), dtype=dtype, device=device,
+                                                      attention=attention))
 
 
 
