@@ -33,6 +33,7 @@ from . import runtime
 from .decoder_loading import DecoderBundle
 from .errors import GlmImageInputError
 from .images import resize_rgb, to_rgb
+from .memory import ensure_on_device
 from .prior import PriorTokens, upsample_d32_to_d16
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
@@ -313,9 +314,9 @@ def _check_image(image: torch.Tensor, index: int) -> None:
 
 
 def _move_to(bundle: DecoderBundle, device: torch.device) -> None:
-    for module in (bundle.transformer, bundle.vae, bundle.text_encoder):
-        if next(module.parameters()).device != device:
-            module.to(device)
+    modules = torch.nn.ModuleDict({"transformer": bundle.transformer, "vae": bundle.vae,
+                                   "text_encoder": bundle.text_encoder})
+    ensure_on_device(bundle, modules, device)
 
 
 def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None = None, steps: int = 50,

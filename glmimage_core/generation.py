@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .ar_loading import ARModel
+from .batch_sampling import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
 from .errors import GlmImageInputError
 from .placement import ar_on_device
 from .prompting import GlmImageInputs
@@ -33,6 +34,7 @@ class GeneratedTokens:
     codebook_size: int
     image_end_id: int
     source_grids: list[torch.Tensor] = field(default_factory=list)  # i2i: [h, w] d32 ids per source
+    notes: list[str] = field(default_factory=list)  # e.g. why speed=compiled fell back to standard
 
 
 @dataclass(frozen=True)
@@ -87,19 +89,67 @@ def _source_tokens(ar: ARModel, inputs: GlmImageInputs, model_inputs: dict) -> l
     return tokens
 
 
+SPEEDS = ["standard", "compiled"]
+MAX_IMAGES = 16
+
+
+def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
+    """generate() options for a speed choice, and a note when the choice cannot apply here.
+
+    compiled = a static KV cache sized from the shape + torch.compile of the decoding step
+    (mode reduce-overhead: CUDA graphs). transformers keeps the compiled step on the model and
+    reuses it while the cache size (prompt + shape) stays the same. "static" (static cache,
+    no compile) exists for tests: it is the compiled path minus the compiler.
+    """
+    if speed == "standard":
+        return {}, None
+    if speed == "static":
+        return {"cache_implementation": "static", "disable_compile": True}, None
+    if speed != "compiled":
+        raise GlmImageInputError(f"speed {speed!r} is not one of {SPEEDS}")
+    if device.type != "cuda":
+        return {}, (f"speed=compiled needs a CUDA GPU (torch.compile with CUDA graphs); on {device.type} it "
+                    "does not pay off, so this run used speed=standard")
+    from transformers import CompileConfig
+
+    return {"cache_implementation": "static",
+            "compile_config": CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")}, None
+
+
 def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
                     sampling: SamplingSettings = SamplingSettings(),
-                    progress: Progress | None = None, offload_after: bool = False) -> GeneratedTokens:
-    """Sample the image tokens for `inputs` with one seed."""
+                    progress: Progress | None = None, offload_after: bool = False,
+                    images: int = 1, speed: str = "standard") -> GeneratedTokens:
+    """Sample the image tokens for `inputs`: `images` pictures with seeds seed, seed+1, ...
+
+    One picture runs plain `generate` after `torch.manual_seed(seed)`, exactly like
+    diffusers' `generate_prior_tokens`; several run as one batch whose row i equals
+    that single run with seed+i.
+    """
     if seed < 0 or seed > 0xFFFF_FFFF_FFFF_FFFF:
         raise GlmImageInputError(f"seed {seed} is out of range: use 0 .. 2**64-1")
+    if not 1 <= images <= MAX_IMAGES:
+        raise GlmImageInputError(f"images={images}: choose 1 .. {MAX_IMAGES} pictures per run")
+    seeds = derived_seeds(seed, images)
     max_new = inputs.shape.max_new_tokens(inputs.mode)
     progress = progress if progress is not None else progress_bar(max_new)
     with ar.lock, ar_on_device(ar, offload_after=offload_after) as device:
+        extra, note = speed_kwargs(speed, device)
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}
         with torch.no_grad():
             sources = _source_tokens(ar, inputs, model_inputs)
+        kwargs = sampling.generate_kwargs()
+        if images > 1:
+            model_inputs = expand_inputs(model_inputs, images)
+            if sampling.do_sample:
+                # The config generate() itself would sample with: the model's settings, the overrides,
+                # and transformers' global defaults for anything unset (e.g. top_k=50).
+                config, _ = ar.model._prepare_generation_config(None, **kwargs)
+                warpers = sampling_warpers(config)
+                kwargs = {"do_sample": False, "logits_processor": [PerSampleSampler(warpers, seeds, device)],
+                          "temperature": None, "top_p": None, "top_k": None}
+        with torch.no_grad():
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
@@ -107,8 +157,8 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
                     torch.cuda.manual_seed(seed)
                 out = ar.model.generate(
                     **model_inputs, max_new_tokens=max_new,
-                    stopping_criteria=[_PerTokenHook(progress)], **sampling.generate_kwargs())
+                    stopping_criteria=[_PerTokenHook(progress)], **kwargs, **extra)
     return GeneratedTokens(
         sequences=out[:, inputs.input_length:].to("cpu"), shape=inputs.shape, mode=inputs.mode,
-        prompt=inputs.prompt, seeds=[seed], codebook_size=ar.codebook_size, image_end_id=ar.image_end_id,
-        source_grids=sources)
+        prompt=inputs.prompt, seeds=seeds, codebook_size=ar.codebook_size, image_end_id=ar.image_end_id,
+        source_grids=sources, notes=[note] if note else [])
