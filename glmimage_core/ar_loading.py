@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import GlmImageInputError
+from .memory import forget
 from .model_folders import resolve_model_path
 from .runtime import torch_device
 
@@ -162,7 +163,10 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
-        _CACHE.pop(path, None)  # drop the other copy before loading a new one
+        replaced = _CACHE.pop(path, None)  # drop the other copy before loading a new one
+    if replaced is not None:
+        forget(replaced[1])
+        del replaced
     loaded = _load(path, layout, torch_dtype, target, attention)
     with _CACHE_LOCK:
         _CACHE[path] = (key, loaded)

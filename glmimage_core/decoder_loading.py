@@ -31,6 +31,7 @@ from typing import Mapping
 import torch
 
 from .errors import GlmImageInputError
+from .memory import forget
 from .model_folders import resolve_model_path
 from .runtime import free_memory_cache, torch_device
 
@@ -234,6 +235,7 @@ def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtyp
             return cached[1]
         if cached is not None:  # drop the other copy before loading a new one
             del _CACHE[folders.root]
+            forget(cached[1])
             del cached
             free_memory_cache()
         bundle = _load(folders, torch_dtype, target)

@@ -59,6 +59,21 @@ def release(owner: object, module: torch.nn.Module, device: torch.device) -> Non
     free_memory_cache()
 
 
+def forget(owner: object) -> None:
+    """Drop `owner`'s model from ComfyUI's manager (when the pack replaces it with another copy)."""
+    mm = _comfy_module("comfy.model_management")
+    patcher = getattr(owner, _PATCHER_ATTR, None)
+    if mm is None or patcher is None:
+        return
+    for index in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[index]
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+    setattr(owner, _PATCHER_ATTR, None)
+    free_memory_cache()
+
+
 def comfy_loaded_count(owner: object) -> int:
     """How many entries ComfyUI's model manager holds for `owner` (0 outside ComfyUI)."""
     mm = _comfy_module("comfy.model_management")

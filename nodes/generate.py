@@ -1,6 +1,6 @@
 from comfy_api.latest import io
 
-from ..glmimage_core.generation import SamplingSettings, generate_tokens
+from ..glmimage_core.generation import MAX_IMAGES, SPEEDS, SamplingSettings, generate_tokens
 from .sockets import CATEGORY, GlmImageAR, GlmImageInputs, GlmImageTokens
 
 
@@ -17,7 +17,11 @@ class GLMImageGenerateTokens(io.ComfyNode):
                 GlmImageAR.Input("ar_model", tooltip="From 'Load GLM-Image AR model'."),
                 GlmImageInputs.Input("inputs", tooltip="From 'GLM-Image prompt'."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFF_FFFF_FFFF_FFFF, control_after_generate=True,
-                             tooltip="Sampling seed."),
+                             tooltip="Sampling seed. With several images, picture i uses seed + i (so any one "
+                                     "of them can be redone alone)."),
+                io.Int.Input("images", default=1, min=1, max=MAX_IMAGES,
+                             tooltip="Pictures to sample for this prompt, in one batched run (faster per "
+                                     "picture on a GPU, more memory)."),
                 io.Boolean.Input("do_sample", default=True,
                                  tooltip="Sample (recommended by the authors). Off = greedy, which tends to "
                                          "repeat itself."),
@@ -27,6 +31,10 @@ class GLMImageGenerateTokens(io.ComfyNode):
                                tooltip="0 = the model's own setting (0.75 for GLM-Image)."),
                 io.Int.Input("top_k", default=0, min=0, max=16384,
                              tooltip="0 = the model's own setting."),
+                io.Combo.Input("speed", options=SPEEDS, default="standard",
+                               tooltip="standard = plain transformers generate. compiled = static KV cache + "
+                                       "torch.compile with CUDA graphs (CUDA GPUs; the first run of a shape "
+                                       "compiles, later runs reuse it; elsewhere it falls back to standard)."),
                 io.Boolean.Input("offload_after", default=True,
                                  tooltip="Move the AR model off the GPU when done, so the decoder has the VRAM."),
             ],
@@ -34,8 +42,11 @@ class GLMImageGenerateTokens(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ar_model, inputs, seed: int, do_sample: bool, temperature: float, top_p: float,
-                top_k: int, offload_after: bool) -> io.NodeOutput:
+    def execute(cls, ar_model, inputs, seed: int, images: int, do_sample: bool, temperature: float, top_p: float,
+                top_k: int, speed: str, offload_after: bool) -> io.NodeOutput:
         sampling = SamplingSettings(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
-        return io.NodeOutput(generate_tokens(ar_model, inputs, seed=seed, sampling=sampling,
-                                             offload_after=offload_after))
+        tokens = generate_tokens(ar_model, inputs, seed=seed, sampling=sampling, offload_after=offload_after,
+                                 images=images, speed=speed)
+        if tokens.notes:
+            print("[GLM-Image] " + " ".join(tokens.notes))
+        return io.NodeOutput(tokens, ui={"text": tokens.notes} if tokens.notes else None)

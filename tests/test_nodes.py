@@ -50,8 +50,9 @@ def test_text_to_image_through_the_nodes(nodes, models_dir, tiny_ar_dir):
     shape = shape_out[0]
     assert (shape.token_h, shape.token_w) == (4, 3) and list(shape_out.args[1:]) == [96, 128, 4, 3, 18, 13, 18 * 13 + 12 + 1, 13]
     inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="a red fox", shape=shape)[0]
-    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, do_sample=True,
-                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=True)[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, speed="standard",
+                                                 offload_after=True)[0]
     prior, count = n["GLMImageExtractTokens"].execute(tokens=tokens).args
     assert prior.grids.shape == (1, 4, 3) and count == 12 and prior.mode == "t2i"
 
@@ -62,8 +63,9 @@ def test_image_to_image_through_the_nodes_with_a_batch_and_a_second_input(nodes,
     other = torch.rand(1, 128, 64, 1)  # greyscale, another size
     inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="edit <sop>2 3<eop>", image=batch, image_2=other)[0]
     assert inputs.mode == "i2i" and len(inputs.sources) == 3
-    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=0, do_sample=True,
-                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=False)[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=0, images=1, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, speed="standard",
+                                                 offload_after=False)[0]
     prior, count = n["GLMImageExtractTokens"].execute(tokens=tokens).args
     assert prior.grids.shape == (1, 2, 3) and count == 6
     assert [tuple(g.shape) for g in prior.source_grids] == [(2, 3), (2, 3), (4, 2)]
@@ -102,8 +104,9 @@ def full_model(tmp_path_factory, monkeypatch_module):
 def _t2i_prior(n, seed=3):
     ar = n["GLMImageARLoader"].execute(model="GLM-Image", dtype="auto", device="auto", attention="sdpa")[0]
     inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt='a sign that says "HI" <sop>4 3<eop>')[0]
-    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=seed, do_sample=True,
-                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=True)[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=seed, images=1, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, speed="standard",
+                                                 offload_after=True)[0]
     return n["GLMImageExtractTokens"].execute(tokens=tokens)[0]
 
 
@@ -142,8 +145,9 @@ def test_image_to_image_decode_through_the_nodes(nodes, full_model):
     ar = n["GLMImageARLoader"].execute(model="GLM-Image", dtype="auto", device="auto", attention="sdpa")[0]
     source = torch.rand(1, 96, 64, 4)  # RGBA, any size
     inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="make it blue", image=source)[0]
-    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=0, do_sample=True,
-                                                 temperature=0.0, top_p=0.0, top_k=0, offload_after=False)[0]
+    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=0, images=1, do_sample=True,
+                                                 temperature=0.0, top_p=0.0, top_k=0, speed="standard",
+                                                 offload_after=False)[0]
     prior = n["GLMImageExtractTokens"].execute(tokens=tokens)[0]
     decoder = n["GLMImageDecoderLoader"].execute(model="GLM-Image", dtype="auto", device="auto")[0]
     image = n["GLMImageDecode"].execute(decoder=decoder, prior=prior, prompt="", steps=2, guidance=1.5, seed=0,
