@@ -26,6 +26,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
 DEVICE_CHOICES = ["auto", "gpu", "cpu"]
 ATTENTION_CHOICES = ["sdpa", "eager"]
+QUANTIZATION_CHOICES = ["none", "int8", "nf4"]
 
 
 @dataclass(eq=False)
@@ -43,6 +44,7 @@ class ARModel:
     dtype: torch.dtype
     device: torch.device
     attention: str
+    quantization: str = "none"
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -142,11 +144,40 @@ _CACHE: dict[str, tuple[tuple, ARModel]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attention: str = "sdpa") -> ARModel:
+def quantization_config(choice: str, dtype: torch.dtype, device: torch.device):
+    """bitsandbytes settings for int8 / nf4 weights (about 1/2 and 1/4 of bf16's VRAM), or None.
+
+    bitsandbytes is optional: it is imported only here, and its absence is a
+    message, not a crash when ComfyUI loads the pack. The vision encoder, the VQ
+    codebook and the output head stay unquantized (small, and sensitive).
+    """
+    if choice == "none":
+        return None
+    if choice not in QUANTIZATION_CHOICES:
+        raise GlmImageInputError(f"quantization {choice!r} is not one of {QUANTIZATION_CHOICES}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise GlmImageInputError(f"quantization={choice} needs the optional package bitsandbytes "
+                                 "(pip install bitsandbytes, in ComfyUI's Python), or choose none") from err
+    if device.type != "cuda":
+        raise GlmImageInputError(f"quantization={choice} runs on CUDA GPUs only (bitsandbytes); the model is "
+                                 f"going to {device.type}: choose none")
+    from transformers import BitsAndBytesConfig
+
+    skip = ["lm_head", "visual", "vqmodel"]
+    if choice == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                              llm_int8_skip_modules=skip)
+
+
+def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attention: str = "sdpa",
+                  quantization: str = "none") -> ARModel:
     """Load (or return the cached) AR model and processor.
 
-    One model per path is kept: asking for the same folder with another dtype or
-    device replaces the cached copy instead of holding two.
+    One model per path is kept: asking for the same folder with another dtype,
+    device or quantization replaces the cached copy instead of holding two.
     """
     if attention not in ATTENTION_CHOICES:
         raise GlmImageInputError(f"attention {attention!r} is not one of {ATTENTION_CHOICES}")
@@ -158,7 +189,8 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
         layout = find_layout(path)
     torch_dtype = resolve_dtype(dtype, target, _checkpoint_dtype(layout.model_dir)
                                 if not layout.subfolder_model else torch.bfloat16)
-    key = (torch_dtype, str(target), attention)
+    quant = quantization_config(quantization, torch_dtype, target)
+    key = (torch_dtype, str(target), attention, quantization)
     with _CACHE_LOCK:
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == key:
@@ -167,7 +199,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     if replaced is not None:
         forget(replaced[1])
         del replaced
-    loaded = _load(path, layout, torch_dtype, target, attention)
+    loaded = _load(path, layout, torch_dtype, target, attention, quantization, quant)
     with _CACHE_LOCK:
         _CACHE[path] = (key, loaded)
     return loaded
@@ -189,12 +221,15 @@ def _hub_layout(repo_id: str) -> ARLayout:
     return ARLayout(repo_id, repo_id, "vision_language_encoder", "processor")
 
 
-def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device, attention: str) -> ARModel:
+def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device, attention: str,
+          quantization: str = "none", quant_config=None) -> ARModel:
     from safetensors import SafetensorError
     from transformers import AutoProcessor, GlmImageForConditionalGeneration
 
     local = layout.subfolder_model is None
     common = dict(local_files_only=local, trust_remote_code=False)
+    placement = {} if quant_config is None else {"quantization_config": quant_config,
+                                                  "device_map": {"": device}}
     try:
         processor = AutoProcessor.from_pretrained(
             layout.processor_dir, subfolder=layout.subfolder_processor or "", **common)
@@ -204,12 +239,14 @@ def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device,
     try:
         model = GlmImageForConditionalGeneration.from_pretrained(
             layout.model_dir, subfolder=layout.subfolder_model or "", dtype=dtype, use_safetensors=True,
-            attn_implementation=attention, **common)
+            attn_implementation=attention, **placement, **common)
     except SafetensorError as err:
         raise GlmImageInputError(f"a safetensors file in {layout.model_dir!r} is corrupted or incomplete "
                                  f"({err}); download it again") from err
     except OSError as err:
         raise GlmImageInputError(f"could not load the AR model from {layout.model_dir!r}: {err}") from err
     model.eval().requires_grad_(False)
-    model.to(device)
-    return ARModel(model=model, processor=processor, path=path, dtype=dtype, device=device, attention=attention)
+    if quant_config is None:  # quantized weights are placed by from_pretrained and cannot move
+        model.to(device)
+    return ARModel(model=model, processor=processor, path=path, dtype=dtype, device=device, attention=attention,
+                   quantization=quantization)

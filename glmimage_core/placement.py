@@ -13,6 +13,9 @@ from .memory import ensure_on_device, release
 
 @contextmanager
 def ar_on_device(ar: ARModel, offload_after: bool = False) -> Iterator[torch.device]:
+    if ar.quantization != "none":  # bitsandbytes weights live where they were loaded
+        yield ar.device
+        return
     ensure_on_device(ar, ar.model, ar.device)
     try:
         yield ar.device

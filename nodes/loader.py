@@ -40,15 +40,19 @@ class GLMImageARLoader(io.ComfyNode):
                                tooltip="auto/gpu = ComfyUI's compute device; cpu keeps the model in RAM (slow)."),
                 io.Combo.Input("attention", options=ar_loading.ATTENTION_CHOICES, default="sdpa",
                                tooltip="sdpa = PyTorch's fused attention (fast); eager = the plain reference path."),
+                io.Combo.Input("quantization", options=ar_loading.QUANTIZATION_CHOICES, default="none",
+                               tooltip="Low-VRAM loading on CUDA GPUs with the optional bitsandbytes package: "
+                                       "int8 (~half of bf16's VRAM) or nf4 (~a quarter); slower per token."),
             ],
             outputs=[GlmImageAR.Output("ar_model",
                                                      tooltip="The AR model and its processor.")],
         )
 
     @classmethod
-    def execute(cls, model: str, dtype: str, device: str, attention: str) -> io.NodeOutput:
+    def execute(cls, model: str, dtype: str, device: str, attention: str,
+                quantization: str = "none") -> io.NodeOutput:
         return io.NodeOutput(ar_loading.load_ar_model(require_model(model), dtype=dtype, device=device,
-                                                      attention=attention))
+                                                      attention=attention, quantization=quantization))
 
 
 

@@ -70,3 +70,16 @@ def test_hub_id_while_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(GlmImageInputError, match="hub is offline"):
         ar_loading.load_ar_model("zai-org/GLM-Image")
+
+
+def test_quantization_without_bitsandbytes_or_gpu_is_a_clear_message(tiny_ar_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        expected = "quantization=int8 needs the optional package bitsandbytes"
+    else:
+        expected = "quantization=int8 runs on CUDA GPUs only"
+    with pytest.raises(GlmImageInputError, match=expected):
+        ar_loading.load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", quantization="int8")
+    with pytest.raises(GlmImageInputError, match="quantization 'fp4' is not one of"):
+        ar_loading.load_ar_model(str(tiny_ar_dir), device="cpu", quantization="fp4")

@@ -88,7 +88,7 @@ def test_shape_node_modes_and_errors(nodes):
 def test_loader_without_models_says_where_to_put_them(nodes):
     loader = _schemas(nodes)["GLMImageARLoader"]
     with pytest.raises(ValueError, match="models/glm_image"):
-        loader.execute(model=nodes.loader.NO_MODELS, dtype="auto", device="auto", attention="sdpa")
+        loader.execute(model=nodes.loader.NO_MODELS, dtype="auto", device="auto", attention="sdpa", quantization="none")
 
 
 @pytest.fixture(scope="module")
