@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import forget
 from .model_folders import resolve_model_path
 from .runtime import torch_device
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
 DEVICE_CHOICES = ["auto", "gpu", "cpu"]
 ATTENTION_CHOICES = ["sdpa", "eager"]
 QUANTIZATION_CHOICES = ["none", "int8", "nf4"]
@@ -113,20 +112,6 @@ def _check_config(model_dir: Path) -> None:
                                  "not GLM-Image (model_type 'glm_image')")
 
 
-def resolve_dtype(choice: str, device: torch.device, checkpoint_dtype: torch.dtype | None) -> torch.dtype:
-    """auto: the checkpoint's own dtype where the device handles it, else fp32 (CPU) or fp16."""
-    if choice in DTYPES:
-        return DTYPES[choice]
-    if choice != "auto":
-        raise GlmImageInputError(f"dtype {choice!r} is not one of {DTYPE_CHOICES}")
-    wanted = checkpoint_dtype or torch.float32
-    if wanted == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    if device.type == "mps" and wanted == torch.bfloat16:
-        return torch.float16
-    return wanted
-
-
 def _checkpoint_dtype(model_dir: str) -> torch.dtype | None:
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
@@ -188,7 +173,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     else:
         layout = find_layout(path)
     torch_dtype = resolve_dtype(dtype, target, _checkpoint_dtype(layout.model_dir)
-                                if not layout.subfolder_model else torch.bfloat16)
+                                if not layout.subfolder_model else torch.bfloat16, bf16_fallback=torch.float16)
     quant = quantization_config(quantization, torch_dtype, target)
     key = (torch_dtype, str(target), attention, quantization)
     with _CACHE_LOCK:

@@ -30,14 +30,13 @@ from typing import Mapping
 
 import torch
 
+from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import forget
 from .model_folders import resolve_model_path
 from .runtime import free_memory_cache, torch_device
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 _WEIGHTED = ("transformer", "vae", "text_encoder")
 
@@ -177,24 +176,6 @@ def checkpoint_dtype(folder: Path) -> torch.dtype | None:
             if key != "__metadata__" and info.get("dtype") in _SAFETENSORS_DTYPES:
                 counts[info["dtype"]] += 1
     return _SAFETENSORS_DTYPES[counts.most_common(1)[0][0]] if counts else None
-
-
-def resolve_dtype(choice: str, device: torch.device, checkpoint: torch.dtype | None) -> torch.dtype:
-    """auto: the checkpoint's own dtype where the device computes in it, else fp32."""
-    if choice in DTYPES:
-        return DTYPES[choice]
-    if choice != "auto":
-        raise GlmImageInputError(f"dtype {choice!r} is not one of {DTYPE_CHOICES}")
-    wanted = checkpoint or torch.float32
-    if wanted == torch.bfloat16:
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return wanted
-        if device.type == "cpu":
-            return wanted
-        return torch.float32
-    if wanted == torch.float16:
-        return wanted if device.type in ("cuda", "mps") else torch.float32
-    return wanted
 
 
 def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:

@@ -1,6 +1,7 @@
 from comfy_api.latest import io
 
 from ..glmimage_core import decoder_loading
+from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.decoding import decode_prior
 from ..glmimage_core.images import split_batch
 from .loader import model_choices, require_model
@@ -20,7 +21,7 @@ class GLMImageDecoderLoader(io.ComfyNode):
                 io.Combo.Input("model", options=model_choices(),
                                tooltip="A folder under models/glm_image/ with transformer/, vae/, text_encoder/, "
                                        "tokenizer/ and scheduler/ (the zai-org/GLM-Image download)."),
-                io.Combo.Input("dtype", options=decoder_loading.DTYPE_CHOICES, default="auto",
+                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights)."),
                 io.Combo.Input("device", options=["auto", "gpu", "cpu"], default="auto",
                                tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow."),

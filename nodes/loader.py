@@ -1,6 +1,7 @@
 from comfy_api.latest import io
 
 from ..glmimage_core import ar_loading
+from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.model_folders import list_model_folders
 from .sockets import CATEGORY, GlmImageAR
 
@@ -33,7 +34,7 @@ class GLMImageARLoader(io.ComfyNode):
                                tooltip="A folder under models/glm_image/: the hub's zai-org/GLM-Image download "
                                        "(model_index.json, vision_language_encoder/, processor/) or a plain "
                                        "transformers folder (config.json + tokenizer files)."),
-                io.Combo.Input("dtype", options=ar_loading.DTYPE_CHOICES, default="auto",
+                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights; "
                                        "fp16 on GPUs without bf16). fp32 doubles the memory."),
                 io.Combo.Input("device", options=ar_loading.DEVICE_CHOICES, default="auto",
