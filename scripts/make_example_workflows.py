@@ -1,0 +1,121 @@
+"""Writes the example workflows in ComfyUI's saved (UI) format.
+
+    .venv/bin/python scripts/make_example_workflows.py example_workflows --decode
+
+Run it after changing a node's inputs so the saved widget values stay in step
+(tests/integration checks them against the server's /object_info).
+"""
+import json, sys, uuid
+from pathlib import Path
+
+class WF:
+    def __init__(self):
+        self.nodes, self.links, self.nid, self.lid = [], [], 0, 0
+    def node(self, type_, pos, widgets, inputs=(), outputs=(), size=(320, 120), title=None):
+        self.nid += 1
+        n = {"id": self.nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": self.nid - 1,
+             "mode": 0, "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
+             "outputs": [{"name": name, "type": t, "links": []} for name, t in outputs],
+             "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+        if title: n["title"] = title
+        self.nodes.append(n)
+        return n
+    def link(self, a, aslot, b, bname):
+        self.lid += 1
+        t = a["outputs"][aslot]["type"]
+        bslot = [i["name"] for i in b["inputs"]].index(bname)
+        assert b["inputs"][bslot]["type"] == t, (a["type"], b["type"], bname)
+        a["outputs"][aslot]["links"].append(self.lid)
+        b["inputs"][bslot]["link"] = self.lid
+        self.links.append([self.lid, a["id"], aslot, b["id"], bslot, t])
+    def dump(self, path):
+        data = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, path.name)), "revision": 0, "last_node_id": self.nid,
+                "last_link_id": self.lid, "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+AR = ("ar_model", "GLMIMAGE_AR")
+SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width_px", "INT"), ("height_px", "INT"), ("grid_h", "INT"),
+             ("grid_w", "INT"), ("preview_h", "INT"), ("preview_w", "INT"), ("tokens_t2i", "INT"), ("tokens_i2i", "INT")]
+DECODE = "--decode" in sys.argv
+
+def chain(w, ar, prompt_node, x, y, seed, name):
+    gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True],
+                 inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")], outputs=[("tokens", "GLMIMAGE_TOKENS")], size=(320, 230))
+    w.link(ar, 0, gen, "ar_model"); w.link(prompt_node, 0, gen, "inputs")
+    ext = w.node("GLMImageExtractTokens", (x + 360, y), [], inputs=[("tokens", "GLMIMAGE_TOKENS")],
+                 outputs=[("prior", "GLMIMAGE_PRIOR"), ("count", "INT")], size=(280, 80))
+    w.link(gen, 0, ext, "tokens")
+    prev = w.node("GLMImagePreviewTokens", (x + 360, y + 140), [8], inputs=[("prior", "GLMIMAGE_PRIOR")],
+                  outputs=[("image", "IMAGE")], size=(280, 80))
+    w.link(ext, 0, prev, "prior")
+    save = w.node("SaveImage", (x + 680, y + 140), [f"{name}_tokens_preview"], inputs=[("images", "IMAGE")],
+                  size=(300, 300))
+    w.link(prev, 0, save, "images")
+    return ext
+
+def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
+    dl = w.node("GLMImageDecoderLoader", (x, y), ["GLM-Image", "auto", "auto"],
+                outputs=[("decoder", "GLMIMAGE_DECODER")], size=(320, 110))
+    dec = w.node("GLMImageDecode", (x + 360, y), ["", 50, 1.5, seed, "fixed"],
+                 inputs=[("decoder", "GLMIMAGE_DECODER"), ("prior", "GLMIMAGE_PRIOR"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
+                 outputs=[("image", "IMAGE")], size=(320, 250))
+    w.link(dl, 0, dec, "decoder"); w.link(ext, 0, dec, "prior")
+    if images is not None:
+        w.link(images, 0, dec, "source_image")
+    save = w.node("SaveImage", (x + 720, y), [name], inputs=[("images", "IMAGE")], size=(400, 400))
+    w.link(dec, 0, save, "images")
+
+out = Path(sys.argv[1])
+# text to image
+w = WF()
+ar = w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR], size=(320, 130))
+shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+               size=(320, 260))
+prompt_text = 'A cosy reading nook by a rainy window, warm lamp light, a mug that says "GLM"'
+prompt = w.node("GLMImagePrompt", (360, 0), [prompt_text],
+                inputs=[AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")],
+                outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
+w.link(ar, 0, prompt, "ar_model"); w.link(shape, 0, prompt, "shape")
+ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i")
+if DECODE:
+    decoder(w, ext, prompt_text, 780, 480, "glm_image_t2i", seed=42)
+w.dump(out / "glm_image_text_to_image.json")
+
+# image to image
+w = WF()
+ar = w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR], size=(320, 130))
+load = w.node("LoadImage", (0, 180), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+              size=(320, 320))
+edit = "Turn it into a watercolour painting and add a small red boat"
+prompt = w.node("GLMImagePrompt", (360, 0), [edit],
+                inputs=[AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")],
+                outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
+w.link(ar, 0, prompt, "ar_model"); w.link(load, 0, prompt, "image")
+ext = chain(w, ar, prompt, 780, 0, 7, "glm_image_i2i")
+if DECODE:
+    decoder(w, ext, edit, 780, 480, "glm_image_i2i", images=load, seed=7)
+w.dump(out / "glm_image_image_to_image.json")
+
+if DECODE:
+    # sample once, save, load, decode
+    w = WF()
+    ar = w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR], size=(320, 130))
+    shape = w.node("GLMImageShape", (0, 180), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
+                   size=(320, 260))
+    text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
+    prompt = w.node("GLMImagePrompt", (360, 0), [text],
+                    inputs=[AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")],
+                    outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
+    w.link(ar, 0, prompt, "ar_model"); w.link(shape, 0, prompt, "shape")
+    ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip")
+    save = w.node("GLMImageSaveTokens", (1460, 0), ["glm_image/tokens"], inputs=[("prior", "GLMIMAGE_PRIOR")],
+                  outputs=[("file", "STRING")], size=(300, 90))
+    w.link(ext, 0, save, "prior")
+    loadt = w.node("GLMImageLoadTokens", (1460, 140), ["glm_image/tokens_00001_.safetensors [output]"],
+                   inputs=[("file", "STRING")], outputs=[("prior", "GLMIMAGE_PRIOR")], size=(300, 90))
+    loadt["inputs"][0]["widget"] = {"name": "file"}
+    w.link(save, 0, loadt, "file")
+    decoder(w, loadt, text, 780, 480, "glm_image_roundtrip", seed=5)
+    w.dump(out / "glm_image_tokens_roundtrip.json")
+print("written")
