@@ -93,6 +93,12 @@ SPEEDS = ["standard", "compiled"]
 MAX_IMAGES = 16
 
 
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
     """generate() options for a speed choice, and a note when the choice cannot apply here.
 
@@ -110,6 +116,9 @@ def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
     if device.type != "cuda":
         return {}, (f"speed=compiled needs a CUDA GPU (torch.compile with CUDA graphs); on {device.type} it "
                     "does not pay off, so this run used speed=standard")
+    if not _has_triton():
+        return {}, ("speed=compiled needs Triton for torch.compile on CUDA (pip install triton; on Windows "
+                    "triton-windows), so this run used speed=standard")
     from transformers import CompileConfig
 
     return {"cache_implementation": "static",
