@@ -194,11 +194,6 @@ def cached_models() -> list[ARModel]:
     return [entry[1] for entry in _CACHE.values()]
 
 
-def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
 def _hub_layout(repo_id: str) -> ARLayout:
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
         raise GlmImageInputError(f"model {repo_id!r} is not a folder under models/glm_image/ and the hub is "

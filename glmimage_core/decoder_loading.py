@@ -73,12 +73,6 @@ class DecoderBundle:
     def patch_size(self) -> int:
         return int(self.transformer.config.patch_size)
 
-    def to(self, device: torch.device | str) -> "DecoderBundle":
-        """Move all modules (e.g. to the offload device between runs); `decode_prior` moves them back."""
-        for module in (self.transformer, self.vae, self.text_encoder):
-            module.to(device)
-        return self
-
 
 @dataclass(frozen=True)
 class DecoderFolders:

@@ -146,19 +146,17 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
         extra, note = speed_kwargs(speed, device)
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}
-        with torch.no_grad():
-            sources = _source_tokens(ar, inputs, model_inputs)
         kwargs = sampling.generate_kwargs()
-        if images > 1:
-            model_inputs = expand_inputs(model_inputs, images)
-            if sampling.do_sample:
-                # The config generate() itself would sample with: the model's settings, the overrides,
-                # and transformers' global defaults for anything unset (e.g. top_k=50).
-                config, _ = ar.model._prepare_generation_config(None, **kwargs)
-                warpers = sampling_warpers(config)
-                kwargs = {"do_sample": False, "logits_processor": [PerSampleSampler(warpers, seeds, device)],
-                          "temperature": None, "top_p": None, "top_k": None}
+        if images > 1 and sampling.do_sample:
+            # The config generate() itself would sample with: the model's settings, the overrides,
+            # and transformers' global defaults for anything unset (e.g. top_k=50).
+            config, _ = ar.model._prepare_generation_config(None, **kwargs)
+            kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                      "logits_processor": [PerSampleSampler(sampling_warpers(config), seeds, device)]}
         with torch.no_grad():
+            sources = _source_tokens(ar, inputs, model_inputs)  # from the one unbatched copy of the sources
+            if images > 1:
+                model_inputs = expand_inputs(model_inputs, images)
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)

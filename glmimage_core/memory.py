@@ -30,6 +30,15 @@ def _patcher(owner: object, module: torch.nn.Module, device: torch.device):
     return patcher
 
 
+def _unload(mm, patcher) -> None:
+    """Take `patcher`'s model off its device and out of ComfyUI's list of loaded models."""
+    for index in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[index]
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+
+
 def ensure_on_device(owner: object, module: torch.nn.Module, device: torch.device) -> None:
     """Make `module` (held by `owner`) ready to compute on `device`."""
     mm = _comfy_module("comfy.model_management")
@@ -49,11 +58,7 @@ def release(owner: object, module: torch.nn.Module, device: torch.device) -> Non
     mm = _comfy_module("comfy.model_management")
     patcher = getattr(owner, _PATCHER_ATTR, None)
     if mm is not None and patcher is not None:
-        for index, loaded in enumerate(list(mm.current_loaded_models)):
-            if loaded.model is patcher:
-                loaded.model_unload()
-                mm.current_loaded_models.pop(index)
-                break
+        _unload(mm, patcher)
     else:
         module.to(offload_device())
     free_memory_cache()
@@ -65,11 +70,7 @@ def forget(owner: object) -> None:
     patcher = getattr(owner, _PATCHER_ATTR, None)
     if mm is None or patcher is None:
         return
-    for index in reversed(range(len(mm.current_loaded_models))):
-        loaded = mm.current_loaded_models[index]
-        if loaded.model is patcher:
-            loaded.model_unload()
-            mm.current_loaded_models.pop(index)
+    _unload(mm, patcher)
     setattr(owner, _PATCHER_ATTR, None)
     free_memory_cache()
 

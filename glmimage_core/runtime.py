@@ -8,7 +8,7 @@ same code runs inside a ComfyUI graph, in tests and on the command line.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -32,10 +32,6 @@ def _comfy_module(name: str):
         return __import__(name, fromlist=["_"])
     except ImportError:
         return None
-
-
-def in_comfyui() -> bool:
-    return _comfy_module("comfy.model_management") is not None
 
 
 class _NullProgress:
@@ -96,5 +92,3 @@ def free_memory_cache() -> None:
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-StepCallback = Callable[[int, int], None]

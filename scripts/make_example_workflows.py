@@ -38,6 +38,19 @@ AR = ("ar_model", "GLMIMAGE_AR")
 SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width_px", "INT"), ("height_px", "INT"), ("grid_h", "INT"),
              ("grid_w", "INT"), ("preview_h", "INT"), ("preview_w", "INT"), ("tokens_t2i", "INT"), ("tokens_i2i", "INT")]
 DECODE = "--decode" in sys.argv
+PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")]
+
+
+def ar_loader(w):
+    return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR],
+                  size=(320, 130))
+
+
+def prompt_node(w, ar, text):
+    node = w.node("GLMImagePrompt", (360, 0), [text], inputs=PROMPT_INPUTS,
+                  outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
+    w.link(ar, 0, node, "ar_model")
+    return node
 
 def chain(w, ar, prompt_node, x, y, seed, name):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True],
@@ -69,14 +82,12 @@ def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
 out = Path(sys.argv[1])
 # text to image
 w = WF()
-ar = w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR], size=(320, 130))
+ar = ar_loader(w)
 shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
                size=(320, 260))
 prompt_text = 'A cosy reading nook by a rainy window, warm lamp light, a mug that says "GLM"'
-prompt = w.node("GLMImagePrompt", (360, 0), [prompt_text],
-                inputs=[AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")],
-                outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
-w.link(ar, 0, prompt, "ar_model"); w.link(shape, 0, prompt, "shape")
+prompt = prompt_node(w, ar, prompt_text)
+w.link(shape, 0, prompt, "shape")
 ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i")
 if DECODE:
     decoder(w, ext, prompt_text, 780, 480, "glm_image_t2i", seed=42)
@@ -84,14 +95,12 @@ w.dump(out / "glm_image_text_to_image.json")
 
 # image to image
 w = WF()
-ar = w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR], size=(320, 130))
+ar = ar_loader(w)
 load = w.node("LoadImage", (0, 180), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
               size=(320, 320))
 edit = "Turn it into a watercolour painting and add a small red boat"
-prompt = w.node("GLMImagePrompt", (360, 0), [edit],
-                inputs=[AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")],
-                outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
-w.link(ar, 0, prompt, "ar_model"); w.link(load, 0, prompt, "image")
+prompt = prompt_node(w, ar, edit)
+w.link(load, 0, prompt, "image")
 ext = chain(w, ar, prompt, 780, 0, 7, "glm_image_i2i")
 if DECODE:
     decoder(w, ext, edit, 780, 480, "glm_image_i2i", images=load, seed=7)
@@ -100,14 +109,12 @@ w.dump(out / "glm_image_image_to_image.json")
 if DECODE:
     # sample once, save, load, decode
     w = WF()
-    ar = w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR], size=(320, 130))
+    ar = ar_loader(w)
     shape = w.node("GLMImageShape", (0, 180), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
                    size=(320, 260))
     text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
-    prompt = w.node("GLMImagePrompt", (360, 0), [text],
-                    inputs=[AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")],
-                    outputs=[("inputs", "GLMIMAGE_INPUTS")], size=(380, 220))
-    w.link(ar, 0, prompt, "ar_model"); w.link(shape, 0, prompt, "shape")
+    prompt = prompt_node(w, ar, text)
+    w.link(shape, 0, prompt, "shape")
     ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip")
     save = w.node("GLMImageSaveTokens", (1460, 0), ["glm_image/tokens"], inputs=[("prior", "GLMIMAGE_PRIOR")],
                   outputs=[("file", "STRING")], size=(300, 90))

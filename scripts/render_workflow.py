@@ -29,7 +29,6 @@ def font(size):
 
 def main(src, dst, scale=1.0):
     wf = json.load(open(src))
-    nodes = {n["id"]: n for n in wf["nodes"]}
     boxes = {}
     for n in wf["nodes"]:
         x, y = n["pos"]
