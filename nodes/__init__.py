@@ -2,7 +2,7 @@
 
 from typing_extensions import override
 
-from comfy_api.latest import ComfyExtension, io
+from .api import ComfyExtension, io
 
 from ..glmimage_core.model_folders import register_comfy_folder
 from .decoder import GLMImageDecode, GLMImageDecoderLoader

@@ -1,4 +1,4 @@
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.dtypes import DTYPE_CHOICES

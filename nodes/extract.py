@@ -1,4 +1,4 @@
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core.extraction import extract_prior
 from .sockets import CATEGORY, GlmImagePrior, GlmImageTokens

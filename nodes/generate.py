@@ -1,4 +1,4 @@
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core.generation import MAX_IMAGES, SPEEDS, SamplingSettings, generate_tokens
 from .sockets import CATEGORY, GlmImageAR, GlmImageInputs, GlmImageTokens

@@ -1,4 +1,4 @@
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core.token_preview import render_grid
 from .sockets import CATEGORY, GlmImagePrior

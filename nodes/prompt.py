@@ -1,4 +1,4 @@
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core.images import split_batch
 from ..glmimage_core.prompting import prepare_inputs

@@ -1,4 +1,4 @@
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core.shapes import MAX_SIDE_PX, MAX_SIDE_TOKENS, PIXELS_PER_TOKEN, GridShape
 from .sockets import CATEGORY, GlmImageShape

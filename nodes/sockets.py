@@ -1,6 +1,6 @@
 """The pack's custom socket types. Each carries one dataclass from `glmimage_core`."""
 
-from comfy_api.latest import io
+from .api import io
 
 GlmImageAR = io.Custom("GLMIMAGE_AR")  # glmimage_core.ar_loading.ARModel
 GlmImageShape = io.Custom("GLMIMAGE_SHAPE")  # glmimage_core.shapes.GridShape

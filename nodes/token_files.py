@@ -1,6 +1,6 @@
 import os
 
-from comfy_api.latest import io
+from .api import io
 
 from ..glmimage_core.token_files import load_prior, save_prior
 from .sockets import CATEGORY, GlmImagePrior
