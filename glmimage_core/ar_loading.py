@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from . import vram_plan
+from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
-from .memory import forget
+from .memory import comfy_ops, forget
 from .model_folders import resolve_model_path
-from .runtime import torch_device
+from .runtime import offload_device, torch_device
 
 DEVICE_CHOICES = ["auto", "gpu", "cpu"]
 ATTENTION_CHOICES = ["sdpa", "eager"]
@@ -44,7 +46,14 @@ class ARModel:
     device: torch.device
     attention: str
     quantization: str = "none"
+    weight_dtype: str = "default"
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Submodules that must sit on the device even when ComfyUI streams the rest (read without a forward).
+    pinned: list[str] = field(default_factory=list)
+    #: Parameter counts by kind, for the VRAM plan (vram_plan.Inventory).
+    inventory: vram_plan.Inventory | None = None
+    #: Whether the text embedding table stays in RAM (inside ComfyUI: cast_layers.HostEmbedding).
+    embeddings_on_host: bool = False
 
     @property
     def config(self):
@@ -158,14 +167,24 @@ def quantization_config(choice: str, dtype: torch.dtype, device: torch.device):
 
 
 def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attention: str = "sdpa",
-                  quantization: str = "none") -> ARModel:
+                  quantization: str = "none", weight_dtype: str = "default") -> ARModel:
     """Load (or return the cached) AR model and processor.
 
     One model per path is kept: asking for the same folder with another dtype,
-    device or quantization replaces the cached copy instead of holding two.
+    device, quantization or weight_dtype replaces the cached copy instead of
+    holding two. Inside ComfyUI the model's layers become ComfyUI cast layers
+    (so ComfyUI can manage, stream and fp8-store them) and its text embedding
+    table stays in RAM; `weight_dtype` fp8 needs that, so it needs ComfyUI.
     """
     if attention not in ATTENTION_CHOICES:
         raise GlmImageInputError(f"attention {attention!r} is not one of {ATTENTION_CHOICES}")
+    fp8_dtype = resolve_weight_dtype(weight_dtype)
+    if fp8_dtype is not None and quantization != "none":
+        raise GlmImageInputError(f"weight_dtype {weight_dtype} and quantization {quantization} both shrink the "
+                                 "weights: choose one (quantization none, or weight_dtype default)")
+    if fp8_dtype is not None and comfy_ops() is None:
+        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
+                                 "ComfyUI only; choose weight_dtype default here")
     path = resolve_model_path(model)
     target = torch_device(device)
     if _is_hub_id(path) and not Path(path).exists():
@@ -175,7 +194,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     torch_dtype = resolve_dtype(dtype, target, _checkpoint_dtype(layout.model_dir)
                                 if not layout.subfolder_model else torch.bfloat16, bf16_fallback=torch.float16)
     quant = quantization_config(quantization, torch_dtype, target)
-    key = (torch_dtype, str(target), attention, quantization)
+    key = (torch_dtype, str(target), attention, quantization, weight_dtype)
     with _CACHE_LOCK:
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == key:
@@ -184,7 +203,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     if replaced is not None:
         forget(replaced[1])
         del replaced
-    loaded = _load(path, layout, torch_dtype, target, attention, quantization, quant)
+    loaded = _load(path, layout, torch_dtype, target, attention, quantization, quant, weight_dtype)
     with _CACHE_LOCK:
         _CACHE[path] = (key, loaded)
     return loaded
@@ -202,7 +221,7 @@ def _hub_layout(repo_id: str) -> ARLayout:
 
 
 def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device, attention: str,
-          quantization: str = "none", quant_config=None) -> ARModel:
+          quantization: str = "none", quant_config=None, weight_dtype: str = "default") -> ARModel:
     from safetensors import SafetensorError
     from transformers import AutoProcessor, GlmImageForConditionalGeneration
 
@@ -226,7 +245,29 @@ def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device,
     except OSError as err:
         raise GlmImageInputError(f"could not load the AR model from {layout.model_dir!r}: {err}") from err
     model.eval().requires_grad_(False)
+    # Counted before any change: the plan prices every option from the same parameter counts.
+    inventory = vram_plan.inventory(model, vram_plan.classify_ar, dtype, host=vram_plan.AR_HOST_EMBEDDINGS)
+    ops = comfy_ops()
+    pinned: list[str] = []
+    if ops is not None:
+        keep_embeddings_on_host(model, list(vram_plan.AR_HOST_EMBEDDINGS))
+        if quant_config is None:  # bitsandbytes layers are neither castable nor movable
+            make_castable(model, ops, resolve_weight_dtype(weight_dtype),
+                          keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP))
+            pinned = _pinned_modules(model)
     if quant_config is None:  # quantized weights are placed by from_pretrained and cannot move
-        model.to(device)
+        # Inside ComfyUI its model manager moves the model to the GPU when a run needs it.
+        model.to(offload_device() if ops is not None else device)
     return ARModel(model=model, processor=processor, path=path, dtype=dtype, device=device, attention=attention,
-                   quantization=quantization)
+                   quantization=quantization, weight_dtype=weight_dtype, pinned=pinned, inventory=inventory,
+                   embeddings_on_host=ops is not None)
+
+
+def _pinned_modules(model: torch.nn.Module) -> list[str]:
+    """Submodules read without their forward, which must be on the device even while the rest streams:
+    the VQ codebook (normalised and compared directly), the vision position table (interpolated
+    directly), and the module of the first parameter (`generate()` takes the device from it)."""
+    first = next(name for name, _ in model.named_parameters()).rpartition(".")[0]
+    wanted = ["model.vqmodel", "model.visual.embeddings", first]
+    names = {name for name, _ in model.named_modules()}
+    return [name for name in dict.fromkeys(wanted) if name in names]

@@ -16,7 +16,8 @@ import torch
 from .ar_loading import ARModel
 from .batch_sampling import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
 from .errors import GlmImageInputError
-from .placement import ar_on_device
+from . import vram_plan
+from .placement import ar_needs, ar_on_device, ar_residency
 from .prompting import GlmImageInputs
 from .runtime import Progress, check_interrupted, progress_bar
 from .shapes import GridShape
@@ -128,12 +129,15 @@ def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
 def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
                     sampling: SamplingSettings = SamplingSettings(),
                     progress: Progress | None = None, offload_after: bool = False,
-                    images: int = 1, speed: str = "standard") -> GeneratedTokens:
+                    images: int = 1, speed: str = "standard", allow_streaming: bool = False,
+                    vram_limit: int | None = None) -> GeneratedTokens:
     """Sample the image tokens for `inputs`: `images` pictures with seeds seed, seed+1, ...
 
     One picture runs plain `generate` after `torch.manual_seed(seed)`, exactly like
     diffusers' `generate_prior_tokens`; several run as one batch whose row i equals
-    that single run with seed+i.
+    that single run with seed+i. Inside ComfyUI the model must fit in VRAM unless
+    `allow_streaming`; `vram_limit` (bytes) keeps at most that much of it resident
+    and streams the rest (for measurements: streaming the AR model is slow).
     """
     if seed < 0 or seed > 0xFFFF_FFFF_FFFF_FFFF:
         raise GlmImageInputError(f"seed {seed} is out of range: use 0 .. 2**64-1")
@@ -142,7 +146,14 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
     seeds = derived_seeds(seed, images)
     max_new = inputs.shape.max_new_tokens(inputs.mode)
     progress = progress if progress is not None else progress_bar(max_new)
-    with ar.lock, ar_on_device(ar, offload_after=offload_after) as device:
+    notes: list[str] = []
+    residency = ar_residency(ar, inputs, images, allow_streaming or vram_limit is not None)
+    residency.max_resident = vram_limit
+    if ar.device.type != "cpu" and ar.inventory is not None:
+        chosen, _ = ar_needs(ar, residency.memory_required)
+        notes.append(f"VRAM for this run: ~{vram_plan.gb(chosen.total)} ({vram_plan.gb(chosen.weights)} "
+                     f"{chosen.label} weights + {vram_plan.gb(chosen.working)} KV cache and activations).")
+    with ar.lock, ar_on_device(ar, offload_after=offload_after, residency=residency, notes=notes) as device:
         extra, note = speed_kwargs(speed, device)
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}
@@ -168,4 +179,4 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
     return GeneratedTokens(
         sequences=out[:, inputs.input_length:].to("cpu"), shape=inputs.shape, mode=inputs.mode,
         prompt=inputs.prompt, seeds=seeds, codebook_size=ar.codebook_size, image_end_id=ar.image_end_id,
-        source_grids=sources, notes=[note] if note else [])
+        source_grids=sources, notes=notes + ([note] if note else []))
