@@ -10,9 +10,16 @@ Weights are read from local safetensors only (never pickles, never the network,
 never remote code). Loaded bundles are cached so that re-running a graph does
 not reload ~14 GB; one bundle per path is kept.
 
+Each of the three weighted parts is its own object (`DiTModel`, `VAEModel`,
+`GlyphEncoder`) with its own cache entry, because inside ComfyUI each is its own
+managed model: the DiT is a native ComfyUI `MODEL`, the VAE a ComfyUI `VAE`,
+and ComfyUI pages them in and out of VRAM one at a time. `DecoderBundle` groups
+them (+ the scheduler settings) for the "GLM-Image decode" node and the CLI.
+
 dtype policy ("auto" = the checkpoint's own dtype when the device handles it,
 else fp32):
-- DiT and glyph encoder use the chosen dtype.
+- DiT and glyph encoder use the chosen dtype; the DiT can also store its Linear
+  weights in fp8 inside ComfyUI (`weight_dtype`, see cast_layers).
 - The VAE uses it too, except fp16: AutoencoderKL decoders overflow in fp16 on
   bright images, so the VAE stays fp32 then (it is small next to the DiT).
 """
@@ -30,35 +37,60 @@ from typing import Mapping
 
 import torch
 
+from . import vram_plan
+from .cast_layers import make_castable, resolve_weight_dtype
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
-from .memory import forget
+from .memory import comfy_ops, forget
 from .model_folders import resolve_model_path
-from .runtime import free_memory_cache, torch_device
+from .runtime import free_memory_cache, offload_device, torch_device
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 _WEIGHTED = ("transformer", "vae", "text_encoder")
 
 
+@dataclass(frozen=True)
+class LatentStats:
+    """GLM-Image's per-channel latent normalisation (the VAE config's latents_mean / latents_std).
+
+    The DiT works on normalised latents; the VAE reads and writes raw ones."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def tensors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.channels, 1, 1)
+        return (torch.tensor(self.mean).view(shape).to(device, dtype), torch.tensor(self.std).view(shape).to(device, dtype))
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        mean, std = self.tensors(raw.device, raw.dtype)
+        return (raw - mean) / std
+
+    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self.tensors(latents.device, latents.dtype)
+        return latents * std + mean
+
+
 @dataclass(eq=False)
-class DecoderBundle:
-    """What a `GLMIMAGE_DECODER` socket carries: the five decoder parts and how they were loaded.
+class DiTModel:
+    """GLM-Image's DiT (diffusers `GlmImageTransformer2DModel`) and what sampling it needs.
 
-    `lock` serialises decoding: the DiT's KV cache for source images and the
-    module placement are per call state, and two graphs decoding at once on one
-    bundle would otherwise move modules under each other's feet.
-    """
+    `lock` serialises use: the source-image KV cache and the module placement are per-run state."""
 
-    transformer: torch.nn.Module  # diffusers GlmImageTransformer2DModel
-    vae: torch.nn.Module  # diffusers AutoencoderKL
-    text_encoder: torch.nn.Module  # transformers T5EncoderModel (glyph encoder)
-    tokenizer: object  # ByT5Tokenizer (whatever tokenizer class the folder names)
-    scheduler: object  # diffusers FlowMatchEulerDiscreteScheduler (a template: decode copies it)
+    transformer: torch.nn.Module
     path: str
-    dtype: torch.dtype
+    dtype: torch.dtype  # compute dtype
     device: torch.device
-    vae_dtype: torch.dtype = torch.float32
+    scheduler_config: dict  # FlowMatchEulerDiscreteScheduler settings (shift parameters)
+    latent_stats: LatentStats
+    vae_scale_factor: int
+    weight_dtype: str = "default"
+    inventory: vram_plan.Inventory | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -66,12 +98,103 @@ class DecoderBundle:
         return int(self.transformer.config.prior_vq_quantizer_codebook_size)
 
     @property
-    def vae_scale_factor(self) -> int:
+    def patch_size(self) -> int:
+        return int(self.transformer.config.patch_size)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+
+@dataclass(eq=False)
+class VAEModel:
+    """GLM-Image's VAE (diffusers `AutoencoderKL`, 16 latent channels, 8x per side)."""
+
+    vae: torch.nn.Module
+    path: str
+    dtype: torch.dtype
+    device: torch.device
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def latent_stats(self) -> LatentStats:
+        return latent_stats_of(self.vae.config, self.path)
+
+
+@dataclass(eq=False)
+class GlyphEncoder:
+    """The ByT5 (T5 encoder) that turns the prompt's quoted text into glyph embeddings for the DiT."""
+
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    path: str
+    dtype: torch.dtype
+    device: torch.device
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.text_encoder.config.d_model)
+
+
+@dataclass(eq=False)
+class DecoderBundle:
+    """What a `GLMIMAGE_DECODER` socket carries: DiT, VAE, glyph encoder and the scheduler, loaded together.
+
+    `lock` serialises decoding with this bundle (the parts have their own locks
+    for the native nodes, which use them one at a time)."""
+
+    dit: DiTModel
+    vae_model: VAEModel
+    glyph: GlyphEncoder
+    scheduler: object  # diffusers FlowMatchEulerDiscreteScheduler (a template: decoding copies it)
+    path: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # The parts as plain modules (what the decode steps and the tests read).
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.dit.transformer
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.vae_model.vae
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.glyph.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.glyph.tokenizer
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return self.vae_model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.device
+
+    @property
+    def codebook_size(self) -> int:
+        return self.dit.codebook_size
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae_model.scale_factor
+
+    @property
     def patch_size(self) -> int:
-        return int(self.transformer.config.patch_size)
+        return self.dit.patch_size
 
 
 @dataclass(frozen=True)
@@ -177,21 +300,23 @@ def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
 
 
 _CACHE: dict[str, tuple[tuple, DecoderBundle]] = {}
-_CACHE_LOCK = threading.Lock()
+_PARTS: dict[tuple[str, str], tuple[tuple, object]] = {}  # (kind, folder) -> (options, DiTModel | VAEModel | GlyphEncoder)
+_CACHE_LOCK = threading.RLock()
 
 
 def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtype: str = "auto",
                  device: str = "auto", *, transformer: str | os.PathLike | None = None,
                  vae: str | os.PathLike | None = None, text_encoder: str | os.PathLike | None = None,
-                 tokenizer: str | os.PathLike | None = None,
-                 scheduler: str | os.PathLike | None = None) -> DecoderBundle:
+                 tokenizer: str | os.PathLike | None = None, scheduler: str | os.PathLike | None = None,
+                 weight_dtype: str = "default") -> DecoderBundle:
     """Load (or return the cached) decoder bundle.
 
     `path` is the hub-layout folder (or a name under models/glm_image/); the
     keyword folders replace single components of it, or give all five when
     there is no common folder. A mapping as `path` is read as those keywords.
     The same folder asked for with another dtype/device replaces the cached
-    copy instead of holding two (each is ~14 GB in bf16).
+    copy instead of holding two (each is ~14 GB in bf16); the parts are shared
+    with the single-part loaders (`load_dit`, `load_vae`, `load_glyph_encoder`).
     """
     overrides = dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                      scheduler=scheduler)
@@ -203,19 +328,50 @@ def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtyp
         check_safetensors(getattr(folders, name), name)
     target = torch_device(device)
     torch_dtype = resolve_dtype(dtype, target, checkpoint_dtype(folders.transformer))
-    key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target))
+    key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weight_dtype)
     with _CACHE_LOCK:
         cached = _CACHE.get(folders.root)
         if cached is not None and cached[0] == key:
             return cached[1]
-        if cached is not None:  # drop the other copy before loading a new one
-            del _CACHE[folders.root]
-            forget(cached[1])
-            del cached
-            free_memory_cache()
-        bundle = _load(folders, torch_dtype, target)
+        _CACHE.pop(folders.root, None)
+        dit = _dit(folders, torch_dtype, target, weight_dtype)
+        vae_model = _vae(folders.vae, torch_dtype, target)
+        glyph = _glyph(folders, torch_dtype, target)
+        _check_compatible(folders, dit.transformer, vae_model.vae, glyph.text_encoder)
+        sched = _guarded("scheduler", folders.scheduler, lambda: _scheduler_class().from_pretrained(
+            folders.scheduler, local_files_only=True))
+        bundle = DecoderBundle(dit=dit, vae_model=vae_model, glyph=glyph, scheduler=sched, path=folders.root)
         _CACHE[folders.root] = (key, bundle)
         return bundle
+
+
+def load_dit(path: str | os.PathLike, dtype: str = "auto", device: str = "auto",
+             weight_dtype: str = "default") -> DiTModel:
+    """The DiT of a hub-layout folder (its vae/ and scheduler/ folders give latent statistics and shift)."""
+    folders = find_folders(path, {})
+    check_safetensors(folders.transformer, "transformer")
+    target = torch_device(device)
+    with _CACHE_LOCK:
+        return _dit(folders, resolve_dtype(dtype, target, checkpoint_dtype(folders.transformer)), target,
+                    weight_dtype)
+
+
+def load_vae(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> VAEModel:
+    """The VAE of a hub-layout folder."""
+    folders = find_folders(path, {})
+    check_safetensors(folders.vae, "vae")
+    target = torch_device(device)
+    with _CACHE_LOCK:
+        return _vae(folders.vae, resolve_dtype(dtype, target, checkpoint_dtype(folders.transformer)), target)
+
+
+def load_glyph_encoder(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> GlyphEncoder:
+    """The glyph encoder (ByT5 + its tokenizer) of a hub-layout folder."""
+    folders = find_folders(path, {})
+    check_safetensors(folders.text_encoder, "text_encoder")
+    target = torch_device(device)
+    with _CACHE_LOCK:
+        return _glyph(folders, resolve_dtype(dtype, target, checkpoint_dtype(folders.text_encoder)), target)
 
 
 def cached_decoders() -> list[DecoderBundle]:
@@ -225,32 +381,118 @@ def cached_decoders() -> list[DecoderBundle]:
 
 def clear_decoder_cache() -> None:
     with _CACHE_LOCK:
+        for _, part in list(_PARTS.values()):
+            forget(part)
         _CACHE.clear()
+        _PARTS.clear()
     free_memory_cache()
 
 
-def _load(folders: DecoderFolders, dtype: torch.dtype, device: torch.device) -> DecoderBundle:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, GlmImageTransformer2DModel
-    from transformers import AutoTokenizer, T5EncoderModel
+def _part(kind: str, folder: Path, options: tuple, load):
+    """One cached part per (kind, folder): the same options return it, other options replace it."""
+    key = (kind, str(folder))
+    cached = _PARTS.get(key)
+    if cached is not None and cached[0] == options:
+        return cached[1]
+    if cached is not None:  # drop the other copy before loading a new one
+        del _PARTS[key]
+        forget(cached[1])
+        del cached
+        free_memory_cache()
+    part = load()
+    _PARTS[key] = (options, part)
+    return part
 
-    common = dict(local_files_only=True, use_safetensors=True)
-    vae_dtype = vae_dtype_for(dtype)
-    dit = _guarded("transformer", folders.transformer, lambda: GlmImageTransformer2DModel.from_pretrained(
-        folders.transformer, torch_dtype=dtype, **common))
-    vae_model = _guarded("vae", folders.vae, lambda: AutoencoderKL.from_pretrained(
-        folders.vae, torch_dtype=vae_dtype, **common))
-    encoder = _guarded("text_encoder", folders.text_encoder, lambda: T5EncoderModel.from_pretrained(
-        folders.text_encoder, dtype=dtype, trust_remote_code=False, **common))
-    tok = _guarded("tokenizer", folders.tokenizer, lambda: AutoTokenizer.from_pretrained(
-        folders.tokenizer, local_files_only=True, trust_remote_code=False))
-    sched = _guarded("scheduler", folders.scheduler, lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(
-        folders.scheduler, local_files_only=True))
-    _check_compatible(folders, dit, vae_model, encoder)
-    for module in (dit, vae_model, encoder):
-        module.eval().requires_grad_(False)
+
+def _scheduler_class():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler
+
+
+def latent_stats_of(vae_config, where: str) -> LatentStats:
+    if vae_config.get("latents_mean") is None or vae_config.get("latents_std") is None:
+        raise GlmImageInputError(f"vae {where!r} has no latents_mean/latents_std in its config: "
+                                 "it is not GLM-Image's VAE")
+    return LatentStats(tuple(float(v) for v in vae_config["latents_mean"]),
+                       tuple(float(v) for v in vae_config["latents_std"]))
+
+
+def _read_config(folder: Path, component: str) -> dict:
+    try:
+        return json.loads((folder / ("scheduler_config.json" if component == "scheduler" else "config.json"))
+                          .read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GlmImageInputError(f"{component} folder {str(folder)!r} has no readable config ({err}); download "
+                                 "it again from zai-org/GLM-Image") from err
+
+
+def _prepare(module: torch.nn.Module, device: torch.device, fp8_dtype: torch.dtype | None = None,
+             keep=lambda name: False) -> None:
+    """Eval mode, no grads; inside ComfyUI cast layers on the offload device (ComfyUI moves them), else to `device`."""
+    module.eval().requires_grad_(False)
+    ops = comfy_ops()
+    if ops is not None:
+        make_castable(module, ops, fp8_dtype, keep)
+        module.to(offload_device())
+    else:
         module.to(device)
-    return DecoderBundle(transformer=dit, vae=vae_model, text_encoder=encoder, tokenizer=tok, scheduler=sched,
-                         path=folders.root, dtype=dtype, device=device, vae_dtype=vae_dtype)
+
+
+def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weight_dtype: str) -> DiTModel:
+    fp8 = resolve_weight_dtype(weight_dtype)
+    if fp8 is not None and comfy_ops() is None:
+        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
+                                 "ComfyUI only; choose weight_dtype default here")
+    vae_config = _read_config(folders.vae, "vae")
+    stats = latent_stats_of(vae_config, str(folders.vae))
+    scheduler_config = _read_config(folders.scheduler, "scheduler")
+
+    def load() -> DiTModel:
+        from diffusers import GlmImageTransformer2DModel
+
+        dit = _guarded("transformer", folders.transformer, lambda: GlmImageTransformer2DModel.from_pretrained(
+            folders.transformer, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
+        inventory = vram_plan.inventory(dit, vram_plan.classify_dit, dtype)
+        _prepare(dit, device, fp8, lambda name: vram_plan.name_matches(name, vram_plan.DIT_FP8_KEEP))
+        return DiTModel(transformer=dit, path=str(folders.transformer), dtype=dtype, device=device,
+                        scheduler_config=scheduler_config, latent_stats=stats,
+                        vae_scale_factor=2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1),
+                        weight_dtype=weight_dtype, inventory=inventory)
+
+    return _part("transformer", folders.transformer, (dtype, str(device), weight_dtype, str(folders.vae),
+                                                      str(folders.scheduler)), load)
+
+
+def _vae(folder: Path, dtype: torch.dtype, device: torch.device) -> VAEModel:
+    vae_dtype = vae_dtype_for(dtype)
+
+    def load() -> VAEModel:
+        from diffusers import AutoencoderKL
+
+        vae_model = _guarded("vae", folder, lambda: AutoencoderKL.from_pretrained(
+            folder, torch_dtype=vae_dtype, local_files_only=True, use_safetensors=True))
+        latent_stats_of(vae_model.config, str(folder))
+        _prepare(vae_model, device)
+        return VAEModel(vae=vae_model, path=str(folder), dtype=vae_dtype, device=device)
+
+    return _part("vae", folder, (vae_dtype, str(device)), load)
+
+
+def _glyph(folders: DecoderFolders, dtype: torch.dtype, device: torch.device) -> GlyphEncoder:
+    def load() -> GlyphEncoder:
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        encoder = _guarded("text_encoder", folders.text_encoder, lambda: T5EncoderModel.from_pretrained(
+            folders.text_encoder, dtype=dtype, trust_remote_code=False, local_files_only=True,
+            use_safetensors=True))
+        tok = _guarded("tokenizer", folders.tokenizer, lambda: AutoTokenizer.from_pretrained(
+            folders.tokenizer, local_files_only=True, trust_remote_code=False))
+        _prepare(encoder, device)
+        return GlyphEncoder(text_encoder=encoder, tokenizer=tok, path=str(folders.text_encoder), dtype=dtype,
+                            device=device)
+
+    return _part("text_encoder", folders.text_encoder, (dtype, str(device), str(folders.tokenizer)), load)
 
 
 def _guarded(component: str, folder: Path, load):
@@ -274,6 +516,3 @@ def _check_compatible(folders: DecoderFolders, dit, vae_model, encoder) -> None:
         raise GlmImageInputError(f"transformer {str(folders.transformer)!r} expects glyph embeddings of size "
                                  f"{dit.config.text_embed_dim} but text_encoder {str(folders.text_encoder)!r} "
                                  f"gives {encoder.config.d_model}")
-    if vae_model.config.latents_mean is None or vae_model.config.latents_std is None:
-        raise GlmImageInputError(f"vae {str(folders.vae)!r} has no latents_mean/latents_std in its config: "
-                                 "it is not GLM-Image's VAE")

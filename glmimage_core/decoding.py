@@ -15,8 +15,16 @@ it). What differs from diffusers, on purpose:
 - the initial noise always comes from a CPU generator (as with diffusers'
   `torch.Generator()`), so a seed gives the same picture on CPU, CUDA or MPS;
 - the scheduler is a fresh copy per call and the VAE decodes one image at a
-  time (lower peak memory at 2048 px, same pixels);
+  time (lower peak memory at 2048 px, same pixels), tiled when a whole picture
+  would not fit in free VRAM;
+- the guided and the unguided branch run in one batched DiT forward when memory
+  allows (`dit_forward`: per-row glyph padding, prior dropping and source-image
+  reads), instead of one forward each;
 - progress and cancel go through ComfyUI when it is there.
+
+Inside ComfyUI the "GLM-Image decode" node runs the same DiT forward through
+ComfyUI's own sampler (glmimage_comfy); this loop is the one the command line
+and plain Python use.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import runtime
-from .decoder_loading import DecoderBundle
+from . import runtime, vram_plan
+from .decoder_loading import DecoderBundle, DiTModel, GlyphEncoder, VAEModel
+from .dit_forward import build_source_kv, pad_glyphs, velocity
 from .errors import GlmImageInputError
 from .images import resize_rgb, to_rgb
 from .memory import ensure_on_device
@@ -58,22 +67,23 @@ def get_glyph_texts(prompt: str) -> list[str]:
     )
 
 
-def encode_glyphs(bundle: DecoderBundle, prompt: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def encode_glyphs(glyph: GlyphEncoder, prompt: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """[1, L, D] glyph embeddings: all glyph texts' byte embeddings, concatenated.
 
     No glyph text encodes "" (just the EOS byte), which is also what the
-    unconditional branch uses.
+    unconditional branch uses. Puts the encoder on its device first.
     """
+    ensure_on_device(glyph, glyph.text_encoder, glyph.device)
     texts = get_glyph_texts(prompt) or [""]
-    pad = bundle.tokenizer.pad_token_id
-    input_ids = bundle.tokenizer(texts, max_length=MAX_GLYPH_BYTES, truncation=True).input_ids
+    pad = glyph.tokenizer.pad_token_id
+    input_ids = glyph.tokenizer(texts, max_length=MAX_GLYPH_BYTES, truncation=True).input_ids
     # diffusers prepends one pad to every text when the number of texts is even; the weights were
     # tuned through that code, so keep it.
     input_ids = [[pad] * ((len(input_ids) + 1) % 2) + ids for ids in input_ids]
     longest = max(len(ids) for ids in input_ids)
-    mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in input_ids], device=device)
-    ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in input_ids], device=device)
-    hidden = bundle.text_encoder(ids, attention_mask=mask).last_hidden_state
+    mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in input_ids], device=glyph.device)
+    ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in input_ids], device=glyph.device)
+    hidden = glyph.text_encoder(ids, attention_mask=mask).last_hidden_state
     return hidden[mask.bool()].unsqueeze(0).to(device=device, dtype=dtype)
 
 
@@ -86,7 +96,25 @@ def calculate_shift(image_seq_len: int, base_seq_len: int = 256, base_shift: flo
     return (image_seq_len / base_seq_len) ** 0.5 * max_shift + base_shift
 
 
-def make_scheduler(bundle: DecoderBundle, steps: int, image_seq_len: int, device: torch.device):
+def glm_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    """GLM-Image's timesteps: linspace(1000, 1, steps + 1) without the last, truncated to whole numbers."""
+    timesteps = np.linspace(num_train_timesteps, 1.0, steps + 1)[:-1]
+    return timesteps.astype(np.int64).astype(np.float32)
+
+
+def shift_for(scheduler_config, seq_len: int) -> float:
+    """mu of the resolution dependent shift, from a scheduler config (a dict or diffusers' config)."""
+    return calculate_shift(seq_len, scheduler_config.get("base_image_seq_len", 256),
+                           scheduler_config.get("base_shift", 0.25), scheduler_config.get("max_shift", 0.75))
+
+
+def image_seq_len(dit: DiTModel | DecoderBundle, height: int, width: int) -> int:
+    """DiT patches of a picture: what the shift is computed from."""
+    scale = dit.vae_scale_factor
+    return (height // scale) * (width // scale) // dit.patch_size**2
+
+
+def make_scheduler(bundle: DecoderBundle, steps: int, seq_len: int, device: torch.device):
     """A fresh scheduler set up for `steps`, and its timesteps.
 
     The DiT is fed the *unshifted* integer timesteps (minus one, see the
@@ -96,34 +124,24 @@ def make_scheduler(bundle: DecoderBundle, steps: int, image_seq_len: int, device
     """
     scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
     config = scheduler.config
-    timesteps = np.linspace(config.num_train_timesteps, 1.0, steps + 1)[:-1]
-    timesteps = timesteps.astype(np.int64).astype(np.float32)
+    timesteps = glm_timesteps(steps, config.num_train_timesteps)
     sigmas = timesteps / config.num_train_timesteps
-    mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("base_shift", 0.25),
-                         config.get("max_shift", 0.75))
-    scheduler.set_timesteps(timesteps=timesteps, sigmas=sigmas, device=device, mu=mu)
+    scheduler.set_timesteps(timesteps=timesteps, sigmas=sigmas, device=device, mu=shift_for(config, seq_len))
     return scheduler, scheduler.timesteps
 
 
 # --------------------------------------------------------------------------- latents
 
 
-def prepare_latents(bundle: DecoderBundle, batch: int, height: int, width: int, seed: int,
+def prepare_latents(dit: DiTModel, batch: int, height: int, width: int, seed: int,
                     device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Initial noise, drawn on the CPU from `seed` (as diffusers does with a CPU generator), then moved."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    scale = bundle.vae_scale_factor
-    shape = (batch, bundle.transformer.config.in_channels, height // scale, width // scale)
+    scale = dit.vae_scale_factor
+    shape = (batch, dit.latent_channels, height // scale, width // scale)
     generator = torch.Generator("cpu").manual_seed(int(seed))
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-
-
-def _latent_stats(bundle: DecoderBundle, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    config = bundle.vae.config
-    mean = torch.tensor(config.latents_mean).view(1, config.latent_channels, 1, 1).to(device, dtype)
-    std = torch.tensor(config.latents_std).view(1, config.latent_channels, 1, 1).to(device, dtype)
-    return mean, std
 
 
 # --------------------------------------------------------------------------- source images
@@ -156,39 +174,17 @@ def resize_source_image(image: torch.Tensor, height: int, width: int) -> torch.T
     return pixels.permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
 
 
-@torch.inference_mode()
-def build_source_kv_cache(bundle: DecoderBundle, images: list[torch.Tensor], grids: list[torch.Tensor],
-                          device: torch.device, dtype: torch.dtype):
-    """Run each source image once through the DiT (timestep 0) and keep every layer's keys/values.
-
-    The denoising passes then read these keys/values (conditional branch) or
-    skip them (unconditional branch): that is how GLM-Image edits a picture.
-    All samples of a batch share the sources, so one cache slot is written
-    and the DiT expands it over the batch.
-    """
-    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
-
-    kv_caches = GlmImageKVCache(num_layers=bundle.transformer.config.num_layers)
-    kv_caches.set_mode("write")
-    mean, std = _latent_stats(bundle, device, dtype)
+def encode_sources(vae_model: VAEModel, images: list[torch.Tensor], grids: list[torch.Tensor],
+                   dtype: torch.dtype) -> list[torch.Tensor]:
+    """Each source image, resized to 32 px per source token, through the VAE: model-space [1,C,h,w] latents."""
+    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    latents = []
     for image, grid in zip(images, grids):
         pixels = resize_source_image(image, 32 * grid.shape[0], 32 * grid.shape[1])
-        pixels = pixels.to(device=device, dtype=bundle.vae_dtype)
-        latent = bundle.vae.encode(pixels).latent_dist.mode().to(dtype)
-        latent = (latent - mean) / std
-        prior_ids = upsample_d32_to_d16(grid).reshape(1, -1).to(device)
-        bundle.transformer(
-            hidden_states=latent,
-            encoder_hidden_states=torch.zeros((1, 0, bundle.transformer.config.text_embed_dim), device=device,
-                                              dtype=dtype),
-            prior_token_id=prior_ids,
-            prior_token_drop=torch.zeros_like(prior_ids, dtype=torch.bool),
-            timestep=torch.zeros((1,), device=device),
-            target_size=torch.tensor([pixels.shape[-2:]], device=device),
-            crop_coords=torch.zeros((1, 2), device=device),
-            kv_caches=kv_caches,
-        )
-    return kv_caches
+        pixels = pixels.to(device=vae_model.device, dtype=vae_model.dtype)
+        raw = vae_model.vae.encode(pixels).latent_dist.mode().to(dtype)
+        latents.append(vae_model.latent_stats.normalise(raw))
+    return latents
 
 
 # --------------------------------------------------------------------------- validation
@@ -208,7 +204,7 @@ class DecodeInputs:
     source_grids: list[torch.Tensor]
 
 
-def validate(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None, steps: int, guidance: float,
+def validate(bundle: DecoderBundle | DiTModel, prior: PriorTokens, prompt: str | None, steps: int, guidance: float,
              source_images) -> DecodeInputs:
     """Everything that would fail deep inside the DiT or silently give garbage, checked up front."""
     if not isinstance(prior, PriorTokens):
@@ -265,7 +261,7 @@ def _check_grids(grids, what: str, batch: bool) -> torch.Tensor:
     return grids.detach().to("cpu", torch.long)
 
 
-def _check_codebook(bundle: DecoderBundle, prior: PriorTokens) -> None:
+def _check_codebook(bundle: DecoderBundle | DiTModel, prior: PriorTokens) -> None:
     if int(prior.codebook_size) != bundle.codebook_size:
         raise GlmImageInputError(
             f"the prior tokens come from a codebook of {prior.codebook_size} ids but the decoder "
@@ -282,7 +278,7 @@ def _check_ids(ids: torch.Tensor, codebook: int, what: str) -> None:
                                  "edited; make them again")
 
 
-def check_size(bundle: DecoderBundle, height: int, width: int, what: str) -> None:
+def check_size(bundle: DecoderBundle | DiTModel, height: int, width: int, what: str) -> None:
     """One d16 prior id per DiT patch: the DiT's patch must cover 16 px and both sides divide by 32.
 
     diffusers only checks the width against 4; a width that is not a multiple
@@ -313,94 +309,116 @@ def _check_image(image: torch.Tensor, index: int) -> None:
 # --------------------------------------------------------------------------- main entry
 
 
-def _move_to(bundle: DecoderBundle, device: torch.device) -> None:
-    modules = torch.nn.ModuleDict({"transformer": bundle.transformer, "vae": bundle.vae,
-                                   "text_encoder": bundle.text_encoder})
-    ensure_on_device(bundle, modules, device)
+GUIDANCE_BATCHING = ("auto", "batched", "sequential")
 
 
 def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None = None, steps: int = 50,
                  guidance: float = 1.5, seed: int = 0,
                  source_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                 progress: runtime.Progress | None = None) -> torch.Tensor:
+                 progress: runtime.Progress | None = None, guidance_batching: str = "auto") -> torch.Tensor:
     """Render GLM-Image tokens: [N, H, W, 3] float32 pixels in 0..1 on the CPU (ComfyUI's IMAGE).
 
     `prompt` (default: the tokens' own prompt) only feeds the glyph encoder,
     i.e. its quoted text. `guidance` > 1 runs classifier-free guidance against
-    empty glyphs and dropped prior tokens, as diffusers does. For
+    empty glyphs and dropped prior tokens, as diffusers does; `guidance_batching`
+    runs both branches in one forward ("batched"), one after the other
+    ("sequential"), or batched when free memory allows ("auto"). For
     image-to-image tokens, `source_images` are the pictures the tokens were
     made from, in the same order.
     """
+    if guidance_batching not in GUIDANCE_BATCHING:
+        raise GlmImageInputError(f"guidance_batching {guidance_batching!r} is not one of {list(GUIDANCE_BATCHING)}")
     inputs = validate(bundle, prior, prompt, steps, guidance, source_images)
     progress = progress if progress is not None else runtime.progress_bar(inputs.steps)
-    with bundle.lock:
-        _move_to(bundle, bundle.device)
-        with torch.inference_mode():
-            return _decode(bundle, inputs, seed, progress)
+    with bundle.lock, torch.inference_mode():
+        return _decode(bundle, inputs, seed, progress, guidance_batching)
 
 
-def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress) -> torch.Tensor:
-    device, dtype = bundle.device, bundle.transformer.dtype
-    transformer = bundle.transformer
+def batch_guidance(dit: DiTModel, height: int, width: int, pictures: int, choice: str = "auto",
+                   extra_bytes: int = 0) -> bool:
+    """Both guidance branches in one forward, unless asked otherwise or free VRAM is short for twice the rows."""
+    if choice != "auto":
+        return choice == "batched"
+    free = runtime.free_vram(dit.device)
+    if free is None:
+        return True
+    scale = dit.vae_scale_factor
+    need = vram_plan.dit_step_bytes(dit.transformer.config, height // scale, width // scale, 2 * pictures,
+                                    act_bytes=dit.dtype.itemsize)
+    return need + extra_bytes < free
+
+
+def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, guidance_batching: str) -> torch.Tensor:
+    dit = bundle.dit
+    device, dtype = dit.device, dit.dtype
     batch = inputs.grids.shape[0]
     do_cfg = inputs.guidance > 1.0
 
     # 1. Glyph embeddings: the conditional branch sees the prompt's quoted text, the other one nothing.
-    prompt_embeds = encode_glyphs(bundle, inputs.prompt, device, dtype).expand(batch, -1, -1)
-    negative_embeds = encode_glyphs(bundle, "", device, dtype).expand(batch, -1, -1) if do_cfg else None
+    prompt_embeds = encode_glyphs(bundle.glyph, inputs.prompt, device, dtype)
+    negative_embeds = encode_glyphs(bundle.glyph, "", device, dtype) if do_cfg else None
 
-    # 2. Noise, then the source images' keys/values for image-to-image.
-    latents = prepare_latents(bundle, batch, inputs.height, inputs.width, seed, device, dtype)
-    kv_caches = None
-    if inputs.source_grids:
-        kv_caches = build_source_kv_cache(bundle, inputs.sources, inputs.source_grids, device, dtype)
+    # 2. Source images -> VAE latents (image-to-image), then noise.
+    sources = encode_sources(bundle.vae_model, inputs.sources, inputs.source_grids, dtype) if inputs.sources else []
+    latents = prepare_latents(dit, batch, inputs.height, inputs.width, seed, device, dtype)
 
-    # 3. Size conditioning and the schedule.
-    target_size = torch.tensor([[inputs.height, inputs.width]], dtype=dtype, device=device).repeat(batch, 1)
-    crop_coords = torch.zeros((batch, 2), dtype=dtype, device=device)
-    scale = bundle.vae_scale_factor
-    image_seq_len = (inputs.height // scale) * (inputs.width // scale) // bundle.patch_size**2
-    scheduler, timesteps = make_scheduler(bundle, inputs.steps, image_seq_len, device)
-
-    # 4. Denoising loop. Prior ids are d16: one per DiT patch. The unconditional branch drops them all.
+    # 3. The DiT: the sources' keys/values once, the schedule, then the denoising loop.
+    ensure_on_device(dit, dit.transformer, device)
+    transformer = dit.transformer
+    kv = None
+    if sources:
+        ids = [upsample_d32_to_d16(g).reshape(1, -1) for g in inputs.source_grids]
+        kv = build_source_kv(transformer, sources, ids, dit.vae_scale_factor)
+    scheduler, timesteps = make_scheduler(bundle, inputs.steps, image_seq_len(dit, inputs.height, inputs.width),
+                                          device)
     prior_ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1).to(device)
-    keep_prior = torch.zeros_like(prior_ids, dtype=torch.bool)
-    drop_prior = torch.ones_like(prior_ids, dtype=torch.bool)
     rotary = tuple(t.to(device) for t in transformer.rope(latents))  # same for every step: compute once
-    common = dict(prior_token_id=prior_ids, target_size=target_size, crop_coords=crop_coords,
-                  image_rotary_emb=rotary, kv_caches=kv_caches, return_dict=False)
-    try:
-        for t in timesteps:
-            runtime.check_interrupted()
-            latent_input = latents.to(dtype)
-            timestep = t.expand(batch) - 1  # the DiT was trained on t-1 (see make_scheduler)
-            if kv_caches is not None:
-                kv_caches.set_mode("read")
-            noise_pred = transformer(hidden_states=latent_input, encoder_hidden_states=prompt_embeds,
-                                     prior_token_drop=keep_prior, timestep=timestep, **common)[0].float()
+    keep, drop = torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)
+    common = dict(pixel_scale=dit.vae_scale_factor, source_kv=kv, rotary=rotary)
+    cond = dict(glyphs=prompt_embeds.expand(batch, -1, -1), prior_ids=prior_ids, prior_drop=keep)
+    batched = do_cfg and batch_guidance(dit, inputs.height, inputs.width, batch, guidance_batching,
+                                        kv.nbytes if kv is not None else 0)
+    if do_cfg and batched:
+        glyphs, lengths = pad_glyphs([prompt_embeds] * batch + [negative_embeds] * batch)
+        both = dict(glyphs=glyphs, glyph_lengths=lengths, prior_ids=prior_ids.repeat(2, 1),
+                    prior_drop=torch.cat([keep, drop]), read_sources=torch.cat([drop, keep]) if kv else None)
+    elif do_cfg:
+        uncond = dict(glyphs=negative_embeds.expand(batch, -1, -1), prior_ids=prior_ids, prior_drop=drop,
+                      read_sources=keep if kv else None)
+    for t in timesteps:
+        runtime.check_interrupted()
+        latent_input = latents.to(dtype)
+        timestep = t.expand(batch) - 1  # the DiT was trained on t-1 (see make_scheduler)
+        if do_cfg and batched:
+            noise_pred, noise_uncond = velocity(transformer, latent_input.repeat(2, 1, 1, 1), timestep.repeat(2),
+                                                **both, **common).float().chunk(2)
+        else:
+            noise_pred = velocity(transformer, latent_input, timestep, **cond, **common).float()
             if do_cfg:
-                if kv_caches is not None:
-                    kv_caches.set_mode("skip")
-                noise_uncond = transformer(hidden_states=latent_input, encoder_hidden_states=negative_embeds,
-                                           prior_token_drop=drop_prior, timestep=timestep, **common)[0].float()
-                noise_pred = noise_uncond + inputs.guidance * (noise_pred - noise_uncond)
-            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-            progress.update(1)
-    finally:
-        if kv_caches is not None:
-            kv_caches.clear()
+                noise_uncond = velocity(transformer, latent_input, timestep, **uncond, **common).float()
+        if do_cfg:
+            noise_pred = noise_uncond + inputs.guidance * (noise_pred - noise_uncond)
+        latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        progress.update(1)
 
-    # 5. Latents -> pixels, one picture at a time to bound the VAE's peak memory.
-    return decode_latents(bundle, latents)
+    # 4. Latents -> pixels, one picture at a time to bound the VAE's peak memory.
+    return decode_latents(bundle.vae_model, latents)
 
 
-def decode_latents(bundle: DecoderBundle, latents: torch.Tensor) -> torch.Tensor:
-    """Un-normalise latents with the VAE's mean/std and decode: [N,C,h,w] -> [N,H,W,3] 0..1 float32 CPU."""
-    latents = latents.to(bundle.vae_dtype)
-    mean, std = _latent_stats(bundle, latents.device, latents.dtype)
-    latents = latents * std + mean
+def decode_latents(vae_model: VAEModel, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+    """Un-normalise model-space latents and decode: [N,C,h,w] -> [N,H,W,3] 0..1 float32 on the CPU.
+
+    `tiled` None = tiled only when one whole picture would not fit in free VRAM
+    (diffusers' own tiled decode, whose tiles blend over their overlaps)."""
+    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    latents = vae_model.latent_stats.denormalise(latents.to(vae_model.device, vae_model.dtype))
+    if tiled is None:
+        free = runtime.free_vram(vae_model.device)
+        tiled = free is not None and free < vram_plan.vae_decode_bytes(
+            vae_model.vae.config, latents.shape[-2], latents.shape[-1], vae_model.dtype.itemsize)
     pictures = []
     for latent in latents.split(1):
-        image = bundle.vae.decode(latent, return_dict=False)[0]
+        decode = vae_model.vae.tiled_decode if tiled else vae_model.vae.decode
+        image = decode(latent, return_dict=False)[0]
         pictures.append((image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu())
     return torch.cat(pictures)

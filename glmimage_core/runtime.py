@@ -92,3 +92,17 @@ def free_memory_cache() -> None:
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
 
+
+
+def free_vram(device: torch.device) -> int | None:
+    """Bytes free on `device` for new tensors (ComfyUI's own count inside ComfyUI), or None for the CPU,
+    where RAM is treated as plenty (nothing is tiled or split on its account)."""
+    if device.type == "cpu":
+        return None
+    mm = _comfy_module("comfy.model_management")
+    if mm is not None:
+        return int(mm.get_free_memory(device))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None

@@ -349,7 +349,8 @@ def test_components_from_separate_folders(tmp_path, dec_root):
         assert bundle.codebook_size == TINY_CODEBOOK
         assert load_decoder(folders, dtype="fp32", device="cpu") is bundle
         mixed = load_decoder(str(dec_root), dtype="fp32", device="cpu", vae=folders["vae"])
-        assert mixed.vae is not bundle.vae
+        assert mixed.vae is bundle.vae  # one copy per component folder, shared by the bundles using it
+        assert mixed.transformer is not bundle.transformer
         out = decode_prior(mixed, t2i_prior(), steps=1)
         assert out.shape == (1, 128, 96, 3)
         with pytest.raises(GlmImageInputError, match="unknown decoder component"):
