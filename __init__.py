@@ -8,8 +8,10 @@ root) do not fail.
 
 
 async def comfy_entrypoint():
+    from .glmimage_comfy import lora_keys
     from .glmimage_core.model_folders import register_comfy_folder
     from .nodes import GlmImageExtension
 
     register_comfy_folder()
+    lora_keys.install()  # GLM-Image DiT LoRAs through ComfyUI's stock LoRA loaders
     return GlmImageExtension()

@@ -154,6 +154,9 @@ class DecoderBundle:
     scheduler: object  # diffusers FlowMatchEulerDiscreteScheduler (a template: decoding copies it)
     path: str
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Most bytes of the DiT kept on the GPU while decoding (the rest streams); None = ComfyUI decides.
+    #: A placement choice, not part of the weights: the loader node sets it on the cached bundle.
+    vram_limit: int | None = None
 
     # The parts as plain modules (what the decode steps and the tests read).
     @property

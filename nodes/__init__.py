@@ -4,11 +4,14 @@ from typing_extensions import override
 
 from .api import ComfyExtension, io
 
+from ..glmimage_comfy import lora_keys
 from ..glmimage_core.model_folders import register_comfy_folder
 from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
 from .loader import GLMImageARLoader
+from .native import (GLMImageConditioning, GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageScheduler,
+                     GLMImageVAELoader)
 from .preview import GLMImagePreviewTokens
 from .prompt import GLMImagePrompt
 from .shape import GLMImageShape
@@ -25,6 +28,11 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageLoadTokens,
     GLMImageDecoderLoader,
     GLMImageDecode,
+    GLMImageDiTLoader,
+    GLMImageVAELoader,
+    GLMImageGlyphEncoderLoader,
+    GLMImageConditioning,
+    GLMImageScheduler,
 ]
 
 
@@ -32,6 +40,7 @@ class GlmImageExtension(ComfyExtension):
     @override
     async def on_load(self) -> None:
         register_comfy_folder()
+        lora_keys.install()
 
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

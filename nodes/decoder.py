@@ -1,10 +1,12 @@
-from .api import io
-
+from ..glmimage_comfy.sampling import decode_with_comfy, describe_decoder
 from ..glmimage_core import decoder_loading
+from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
+from ..glmimage_core.decoding import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
-from ..glmimage_core.decoding import decode_prior
 from ..glmimage_core.images import split_batch
+from .api import io
 from .loader import model_choices, require_model
+from .native import VRAM_LIMIT_TOOLTIP, WEIGHT_DTYPE_TOOLTIP, vram_limit_bytes
 from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
 
 
@@ -25,13 +27,25 @@ class GLMImageDecoderLoader(io.ComfyNode):
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights)."),
                 io.Combo.Input("device", options=["auto", "gpu", "cpu"], default="auto",
                                tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow."),
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
+                               tooltip=WEIGHT_DTYPE_TOOLTIP),
+                io.Float.Input("vram_limit_gb", default=0.0, min=0.0, max=256.0, step=0.5,
+                               tooltip=VRAM_LIMIT_TOOLTIP),
             ],
-            outputs=[GlmImageDecoder.Output("decoder", tooltip="The diffusion decoder.")],
+            outputs=[GlmImageDecoder.Output("decoder", tooltip="The diffusion decoder."),
+                     io.String.Output("memory", tooltip="What the decoder holds on the GPU with these options, and "
+                                                        "with the others (connect 'Preview Any' to read it).")],
         )
 
     @classmethod
-    def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
-        return io.NodeOutput(decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device))
+    def execute(cls, model: str, dtype: str, device: str, weight_dtype: str = "default",
+                vram_limit_gb: float = 0.0) -> io.NodeOutput:
+        bundle = decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device,
+                                              weight_dtype=weight_dtype)
+        bundle.vram_limit = vram_limit_bytes(vram_limit_gb)
+        memory = describe_decoder(bundle)
+        print(f"[GLM-Image] {memory}")
+        return io.NodeOutput(bundle, memory)
 
 
 class GLMImageDecode(io.ComfyNode):
@@ -41,16 +55,17 @@ class GLMImageDecode(io.ComfyNode):
             node_id="GLMImageDecode",
             display_name="GLM-Image decode",
             category=CATEGORY,
-            description="Renders GLM-Image tokens to a picture with the diffusion decoder (one progress step "
-                        "per denoising step; cancel stops between steps). Changing only these settings "
-                        "re-runs the decoder, not the token sampling.",
+            description="Renders GLM-Image tokens to a picture with the diffusion decoder: the same native MODEL, "
+                        "ComfyUI sampler (euler, GLM-Image's schedule) and VAE a KSampler workflow uses, in one "
+                        "node (progress and previews per step; cancel stops between steps). Changing only these "
+                        "settings re-runs the decoder, not the token sampling.",
             inputs=[
                 GlmImageDecoder.Input("decoder", tooltip="From 'Load GLM-Image decoder'."),
                 GlmImagePrior.Input("prior", tooltip="From 'GLM-Image extract tokens' or 'Load GLM-Image tokens'."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Text in quotes is drawn as lettering. Empty = the prompt the tokens "
                                         "were made from."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (50 = the authors')."),
+                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS, tooltip="Denoising steps (50 = the authors')."),
                 io.Float.Input("guidance", default=1.5, min=0.0, max=20.0, step=0.05,
                                tooltip="Classifier-free guidance; 1.0 turns it off (half the work)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFF_FFFF_FFFF_FFFF, control_after_generate=True,
@@ -72,6 +87,6 @@ class GLMImageDecode(io.ComfyNode):
             sources += split_batch(source_image, "source_image")
         if source_image_2 is not None:
             sources += split_batch(source_image_2, "source_image_2")
-        pixels = decode_prior(decoder, prior, prompt=prompt.strip() or None, steps=steps, guidance=guidance,
-                              seed=seed, source_images=sources or None)
+        pixels = decode_with_comfy(decoder, prior, prompt.strip() or None, steps, guidance, seed, sources or None,
+                                   decoder.vram_limit)
         return io.NodeOutput(pixels)

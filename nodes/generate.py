@@ -37,16 +37,20 @@ class GLMImageGenerateTokens(io.ComfyNode):
                                        "compiles, later runs reuse it; elsewhere it falls back to standard)."),
                 io.Boolean.Input("offload_after", default=True,
                                  tooltip="Move the AR model off the GPU when done, so the decoder has the VRAM."),
+                io.Boolean.Input("allow_streaming", default=False,
+                                 tooltip="When the AR model does not fit in free VRAM: off = stop and say which "
+                                         "loader option fits (weight_dtype fp8, quantization nf4); on = stream its "
+                                         "layers from RAM on every token (works, but 10-50x slower)."),
             ],
             outputs=[GlmImageTokens.Output("tokens", tooltip="The sampled ids, for 'GLM-Image extract tokens'.")],
         )
 
     @classmethod
     def execute(cls, ar_model, inputs, seed: int, images: int, do_sample: bool, temperature: float, top_p: float,
-                top_k: int, speed: str, offload_after: bool) -> io.NodeOutput:
+                top_k: int, speed: str, offload_after: bool, allow_streaming: bool = False) -> io.NodeOutput:
         sampling = SamplingSettings(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
         tokens = generate_tokens(ar_model, inputs, seed=seed, sampling=sampling, offload_after=offload_after,
-                                 images=images, speed=speed)
+                                 images=images, speed=speed, allow_streaming=allow_streaming)
         if tokens.notes:
             print("[GLM-Image] " + " ".join(tokens.notes))
         return io.NodeOutput(tokens, ui={"text": tokens.notes} if tokens.notes else None)

@@ -1,7 +1,7 @@
-from .api import io
-
-from ..glmimage_core import ar_loading
+from ..glmimage_core import ar_loading, vram_plan
+from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
+from .api import io
 from ..glmimage_core.model_folders import list_model_folders
 from .sockets import CATEGORY, GlmImageAR
 
@@ -43,17 +43,29 @@ class GLMImageARLoader(io.ComfyNode):
                                tooltip="sdpa = PyTorch's fused attention (fast); eager = the plain reference path."),
                 io.Combo.Input("quantization", options=ar_loading.QUANTIZATION_CHOICES, default="none",
                                tooltip="Low-VRAM loading on CUDA GPUs with the optional bitsandbytes package: "
-                                       "int8 (~half of bf16's VRAM) or nf4 (~a quarter); slower per token."),
+                                       "int8 (~10.4 GB) or nf4 (~6.6 GB) instead of bf16's 17.6 GB; slower per "
+                                       "token."),
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
+                               tooltip="How the weights are stored: default = the dtype above (bf16: ~17.6 GB on "
+                                       "the GPU); fp8_e4m3fn / fp8_e5m2 = 8-bit storage (~8.9 GB), computed in "
+                                       "the dtype above (ComfyUI's own weight_dtype option). Any GPU, no extra "
+                                       "package; use it or quantization, not both."),
             ],
-            outputs=[GlmImageAR.Output("ar_model",
-                                                     tooltip="The AR model and its processor.")],
+            outputs=[GlmImageAR.Output("ar_model", tooltip="The AR model and its processor."),
+                     io.String.Output("memory", tooltip="What the AR model holds on the GPU with these options, "
+                                                        "and with the others (connect 'Preview Any' to read it).")],
         )
 
     @classmethod
-    def execute(cls, model: str, dtype: str, device: str, attention: str,
-                quantization: str = "none") -> io.NodeOutput:
-        return io.NodeOutput(ar_loading.load_ar_model(require_model(model), dtype=dtype, device=device,
-                                                      attention=attention, quantization=quantization))
+    def execute(cls, model: str, dtype: str, device: str, attention: str, quantization: str = "none",
+                weight_dtype: str = "default") -> io.NodeOutput:
+        ar = ar_loading.load_ar_model(require_model(model), dtype=dtype, device=device, attention=attention,
+                                      quantization=quantization, weight_dtype=weight_dtype)
+        memory = vram_plan.describe_weights("GLM-Image AR model", ar.inventory,
+                                            vram_plan.WeightOption(weight_dtype, quantization), vram_plan.AR_OPTIONS,
+                                            ar.dtype, host_on_device=not ar.embeddings_on_host)
+        print(f"[GLM-Image] {memory}")
+        return io.NodeOutput(ar, memory)
 
 
 

@@ -10,3 +10,4 @@ GlmImagePrior = io.Custom("GLMIMAGE_PRIOR")  # glmimage_core.prior.PriorTokens
 GlmImageDecoder = io.Custom("GLMIMAGE_DECODER")  # glmimage_core.decoder_loading.DecoderBundle
 
 CATEGORY = "GLM-Image"
+GlmImageGlyph = io.Custom("GLMIMAGE_GLYPH")  # glmimage_core.decoder_loading.GlyphEncoder

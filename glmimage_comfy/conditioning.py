@@ -1,0 +1,78 @@
+"""GLM-Image tokens -> ComfyUI `CONDITIONING` (+ the MODEL's schedule for their size, + an empty LATENT).
+
+Positive: the prompt's glyph embeddings (its quoted text through ByT5), the
+tokens' d16 prior ids, kept. Negative: GLM-Image's unguided branch, the empty
+text's glyph embeddings and the same ids, dropped. For image-to-image both
+carry the source images (raw VAE latents + their d16 ids); the positive rows
+read them through the DiT's keys/values, the negative rows do not. The checks
+are the decode node's own (glmimage_core.decoding.validate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..glmimage_core.decoder_loading import DiTModel, GlyphEncoder
+from ..glmimage_core.decoding import encode_glyphs, validate
+from ..glmimage_core.errors import GlmImageInputError
+from ..glmimage_core.images import resize_rgb, to_rgb
+from ..glmimage_core.prior import PriorTokens, upsample_d32_to_d16
+from .native_model import GlmImageModel, SourceImages, with_shift_for
+
+
+@dataclass
+class GlmConditioning:
+    model: object  # ModelPatcher with GLM-Image's shift for the tokens' size
+    positive: list
+    negative: list
+    latent: dict  # ComfyUI LATENT: zeros of the tokens' size, one per grid
+
+
+def dit_of(model_patcher) -> DiTModel:
+    """The DiT behind a ComfyUI MODEL, or a message naming the input when it is another model."""
+    model = getattr(model_patcher, "model", None)
+    if not isinstance(model, GlmImageModel):
+        raise GlmImageInputError(f"model: a {type(model).__name__} is connected; GLM-Image tokens condition GLM-Image's "
+                                 "own DiT: connect 'Load GLM-Image DiT' (or its LoRA/patched versions)")
+    return model.dit
+
+
+def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, prompt: str | None = None,
+                       vae=None, source_images: list[torch.Tensor] | None = None) -> GlmConditioning:
+    """Everything a stock sampler needs to render `prior` with the GLM-Image MODEL `model_patcher`."""
+    dit = dit_of(model_patcher)
+    inputs = validate(dit, prior, prompt, 1, 1.0, source_images or None)
+    if glyph.embed_dim != dit.transformer.config.text_embed_dim:
+        raise GlmImageInputError(f"glyph_encoder gives embeddings of size {glyph.embed_dim} but the DiT expects "
+                                 f"{dit.transformer.config.text_embed_dim}: use the glyph encoder of the same release")
+    with glyph.lock, torch.inference_mode():
+        positive = encode_glyphs(glyph, inputs.prompt, glyph.device, torch.float32).cpu()
+        negative = encode_glyphs(glyph, "", glyph.device, torch.float32).cpu()
+    batch = inputs.grids.shape[0]
+    ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1)
+    keep = torch.zeros(batch, 1, dtype=torch.long)
+    common = {"glm_prior_ids": ids}
+    if inputs.source_grids:
+        if vae is None:
+            raise GlmImageInputError("vae: image-to-image tokens need the VAE to read their source images; connect "
+                                     "'Load GLM-Image VAE' to the conditioning node's vae input")
+        sources = SourceImages(latents=[_encode(vae, image, grid) for image, grid in
+                                        zip(inputs.sources, inputs.source_grids)],
+                               ids=[upsample_d32_to_d16(g).reshape(1, -1) for g in inputs.source_grids])
+        common["glm_sources"] = sources
+    pos = [[positive, {**common, "glm_prior_drop": keep, "glm_read_sources": 1 - keep}]]
+    neg = [[negative, {**common, "glm_prior_drop": 1 - keep, "glm_read_sources": keep}]]
+    scale = dit.vae_scale_factor
+    latent = torch.zeros(batch, dit.latent_channels, inputs.height // scale, inputs.width // scale)
+    return GlmConditioning(model=with_shift_for(model_patcher, inputs.height, inputs.width), positive=pos,
+                           negative=neg, latent={"samples": latent})
+
+
+def _encode(vae, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """One source image at 32 px per source token, through the ComfyUI VAE: raw latents [1, C, h, w] on the CPU."""
+    # The same conversion and resize as the decode steps' (decoding.resize_source_image), in ComfyUI's
+    # IMAGE layout: the VAE maps 0..1 to -1..1 itself.
+    pixels = resize_rgb(to_rgb(image), 32 * grid.shape[0], 32 * grid.shape[1]).unsqueeze(0)
+    return vae.encode(pixels).float().cpu()

@@ -1,0 +1,347 @@
+"""GLM-Image's DiT as a native ComfyUI `MODEL`: what KSampler, LoRA loaders and model patches work on.
+
+- `GlmImageModel` is a `comfy.model_base.BaseModel` whose diffusion model is
+  diffusers' `GlmImageTransformer2DModel` (with ComfyUI cast layers, see
+  glmimage_core.cast_layers) behind `GlmImageDiffusionModel`, a thin adapter from
+  ComfyUI's call convention to the pack's one DiT forward (glmimage_core.dit_forward).
+- Sampling is flow matching (`ModelSamplingDiscreteFlow` + `CONST`, like SD3 and
+  Flux) with shift = GLM-Image's mu for the picture size. The DiT was trained on
+  the *unshifted* timestep minus one: `process_timestep` undoes the shift that
+  ComfyUI's sigma carries, so any ComfyUI sampler and scheduler feeds it what
+  diffusers' pipeline feeds it.
+- Latents are normalised per channel (`GlmImageLatentFormat`, the VAE config's
+  latents_mean / latents_std), so stock `VAE Decode` gets raw VAE latents, and
+  the latent-to-RGB preview factors are fitted from the VAE itself on first use.
+- Conditioning (see conditioning.py) carries the prior tokens, glyph embeddings
+  and, for image-to-image, the source images; each row of a batch knows whether
+  it keeps or drops the tokens and whether it reads the sources, so ComfyUI may
+  batch the positive and negative conditioning into one forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.supported_models_base
+import comfy.utils
+
+from ..glmimage_core import vram_plan
+from ..glmimage_core.decoder_loading import DiTModel, LatentStats
+from ..glmimage_core.decoding import calculate_shift, shift_for
+from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
+from ..glmimage_core.errors import GlmImageInputError
+from ..glmimage_core.memory import forget
+
+log = logging.getLogger("GLM-Image")
+
+#: The picture size whose shift the loaded MODEL starts with, until "GLM-Image conditioning" sets the right one.
+DEFAULT_SIZE_PX = 1024
+KV_WRAPPER_KEY = "glm_image_source_kv"
+
+
+# --------------------------------------------------------------------------- latent format
+
+
+class GlmImageLatentFormat(comfy.latent_formats.LatentFormat):
+    """Per-channel mean/std normalisation; preview factors fitted from the VAE the first time they are read."""
+
+    latent_dimensions = 2
+
+    def __init__(self, stats: LatentStats, preview_factors=None) -> None:
+        self.latent_channels = stats.channels
+        self.stats = stats
+        self._preview_source = preview_factors  # () -> (factors [C][3], bias [3]) or None
+        self._preview: tuple | None = None
+
+    def _tensors(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.stats.tensors(latent.device, latent.dtype)
+
+    def process_in(self, latent: torch.Tensor) -> torch.Tensor:
+        mean, std = self._tensors(latent)
+        return (latent - mean) / std
+
+    def process_out(self, latent: torch.Tensor) -> torch.Tensor:
+        mean, std = self._tensors(latent)
+        return latent * std + mean
+
+    def _preview_factors(self) -> tuple | None:
+        if self._preview is None and self._preview_source is not None:
+            try:
+                self._preview = self._preview_source()
+            except Exception as err:  # a preview must never stop a render
+                log.warning("GLM-Image: no latent previews (%s)", err)
+                self._preview_source = None
+        return self._preview
+
+    @property
+    def latent_rgb_factors(self):
+        factors = self._preview_factors()
+        return None if factors is None else factors[0]
+
+    @property
+    def latent_rgb_factors_bias(self):
+        factors = self._preview_factors()
+        return None if factors is None else factors[1]
+
+
+# --------------------------------------------------------------------------- model config and sampling
+
+
+class GlmImageModelConfig(comfy.supported_models_base.BASE):
+    """What ComfyUI's BaseModel reads from a model config; the DiT itself is built by diffusers."""
+
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config: dict = {}
+    sampling_settings = {"shift": 1.0, "multiplier": 1000}
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+
+    def __init__(self, latent_format: GlmImageLatentFormat, shift: float, manual_cast_dtype: torch.dtype | None):
+        super().__init__(dict(self.unet_config))
+        self.latent_format = latent_format
+        self.sampling_settings = {"shift": shift, "multiplier": 1000}
+        self.manual_cast_dtype = manual_cast_dtype
+
+
+class GlmImageModelSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+    """Flow matching with GLM-Image's linear time shift (mu); `for_size` makes the one a picture size needs."""
+
+
+def model_sampling_for(model_config, seq_len_or_shift: float, scheduler_config: dict | None = None):
+    shift = seq_len_or_shift if scheduler_config is None else shift_for(scheduler_config, int(seq_len_or_shift))
+    sampling = GlmImageModelSampling(model_config)
+    sampling.set_parameters(shift=shift, multiplier=1000)
+    return sampling
+
+
+def unshifted_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """Inverse of the time shift sigma' = s*sigma / (1 + (s-1)*sigma)."""
+    return sigma / (shift - (shift - 1.0) * sigma)
+
+
+# --------------------------------------------------------------------------- conditioning payload
+
+
+@dataclass(eq=False)
+class SourceImages:
+    """Image-to-image sources as conditioning carries them: raw VAE latents and their d16 prior ids."""
+
+    latents: list[torch.Tensor]  # [1, C, h, w] raw (un-normalised) VAE latents, CPU
+    ids: list[torch.Tensor]  # [1, S] d16 ids, CPU
+
+    def __eq__(self, other) -> bool:  # ComfyUI batches rows whose constant conds are equal
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+class GlyphCond(comfy.conds.CONDRegular):
+    """Glyph embeddings [B, L, D]: rows of different lengths batch together, zero padded (and masked by
+    the `glyph_lengths` cond), instead of CONDCrossAttn's repetition, which would change GLM's attention."""
+
+    def can_concat(self, other) -> bool:
+        s1, s2 = self.cond.shape, other.cond.shape
+        return s1[0] == s2[0] and s1[2] == s2[2] and self.cond.device == other.cond.device
+
+    def concat(self, others):
+        conds = [self.cond] + [o.cond for o in others]
+        longest = max(c.shape[1] for c in conds)
+        return torch.cat([torch.nn.functional.pad(c, (0, 0, 0, longest - c.shape[1])) for c in conds])
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class GlmImageDiffusionModel(torch.nn.Module):
+    """ComfyUI's `diffusion_model(x, t, context=..., **conds)` -> glmimage_core.dit_forward.velocity.
+
+    Holds diffusers' DiT as `transformer` (so LoRA keys `transformer.*` map onto
+    `diffusion_model.transformer.*`) and the source images' keys/values of the
+    current sampling run (built by the first forward that needs them, cleared
+    around every run by an OUTER_SAMPLE wrapper).
+    """
+
+    def __init__(self, dit: DiTModel) -> None:
+        super().__init__()
+        self.transformer = dit.transformer
+        self.pixel_scale = dit.vae_scale_factor
+        self.latent_stats = dit.latent_stats
+        self.compute_dtype = dit.dtype
+        self._source_kv: dict[int, tuple[SourceImages, SourceKV]] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype of the block weights (fp8 with weight_dtype fp8), as ComfyUI's own models report."""
+        block = self.transformer.transformer_blocks[0].ff.net[2]
+        return block.weight.dtype
+
+    def clear_source_kv(self) -> None:
+        self._source_kv.clear()
+
+    def _kv_for(self, sources: SourceImages, dtype: torch.dtype, device: torch.device) -> SourceKV:
+        entry = self._source_kv.get(id(sources))
+        if entry is None or entry[0] is not sources:
+            latents = [self.latent_stats.normalise(lat.to(device, torch.float32)).to(dtype) for lat in sources.latents]
+            kv = build_source_kv(self.transformer, latents, [i.to(device) for i in sources.ids], self.pixel_scale)
+            self._source_kv[id(sources)] = entry = (sources, kv)
+        return entry[1]
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context=None, control=None, transformer_options={},
+                glm_glyphs=None, glm_glyph_lengths=None, glm_prior_ids=None, glm_prior_drop=None,
+                glm_sources=None, glm_read_sources=None, **kwargs) -> torch.Tensor:
+        if glm_prior_ids is None or glm_glyphs is None:
+            raise GlmImageInputError("the conditioning does not come from 'GLM-Image conditioning': connect its "
+                                     "positive and negative outputs to the sampler")
+        kv = self._kv_for(glm_sources, x.dtype, x.device) if glm_sources is not None else None
+        return velocity(self.transformer, x, timesteps.float(), glm_glyphs.to(x.dtype), glm_prior_ids,
+                        glm_prior_drop.reshape(-1) > 0, self.pixel_scale,
+                        glyph_lengths=glm_glyph_lengths.reshape(-1), source_kv=kv,
+                        read_sources=None if kv is None else glm_read_sources.reshape(-1) > 0)
+
+
+class GlmImageModel(comfy.model_base.BaseModel):
+    """GLM-Image's DiT as ComfyUI's BaseModel (flow matching, normalised 16-channel latents)."""
+
+    def __init__(self, model_config: GlmImageModelConfig, dit: DiTModel, device=None) -> None:
+        super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = GlmImageDiffusionModel(dit)
+        self.dit = dit
+
+    def get_dtype(self) -> torch.dtype:
+        return self.diffusion_model.dtype
+
+    def process_timestep(self, timestep, **kwargs):
+        """ComfyUI passes sigma * 1000 of the *shifted* schedule; the DiT wants the unshifted timestep - 1."""
+        sampling = self.model_sampling
+        sigma = timestep / sampling.multiplier
+        return unshifted_sigma(sigma, float(sampling.shift)) * sampling.multiplier - 1.0
+
+    def extra_conds(self, **kwargs) -> dict:
+        prior_ids = kwargs.get("glm_prior_ids")
+        glyphs = kwargs.get("cross_attn")
+        if prior_ids is None or glyphs is None:
+            raise GlmImageInputError("positive/negative: this conditioning does not come from 'GLM-Image "
+                                     "conditioning'; GLM-Image's DiT needs its tokens and glyph embeddings")
+        noise = kwargs.get("noise")
+        if noise is not None:
+            check_latent_matches(noise, prior_ids, self.dit)
+        out = {
+            "glm_glyphs": GlyphCond(glyphs),
+            "glm_glyph_lengths": comfy.conds.CONDRegular(torch.tensor([glyphs.shape[1]])),
+            "glm_prior_ids": comfy.conds.CONDRegular(prior_ids),
+            "glm_prior_drop": comfy.conds.CONDRegular(kwargs["glm_prior_drop"]),
+        }
+        sources = kwargs.get("glm_sources")
+        if sources is not None:
+            out["glm_sources"] = comfy.conds.CONDConstant(sources)
+            out["glm_read_sources"] = comfy.conds.CONDRegular(kwargs["glm_read_sources"])
+        return out
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        """Activations of one forward over `input_shape[0]` rows (glmimage_core.vram_plan.dit_step_bytes)."""
+        rows, _, height, width = input_shape[:4]
+        config = self.diffusion_model.transformer.config
+        return vram_plan.dit_step_bytes(config, height, width, rows,
+                                        act_bytes=self.diffusion_model.compute_dtype.itemsize)
+
+
+def check_latent_matches(latent: torch.Tensor, prior_ids: torch.Tensor, dit: DiTModel) -> None:
+    """The LATENT given to the sampler must have the tokens' picture size (and their count)."""
+    patch = dit.patch_size
+    height, width = latent.shape[-2], latent.shape[-1]
+    expected = prior_ids.shape[-1]
+    if height % patch or width % patch or (height // patch) * (width // patch) != expected:
+        side = int(math.isqrt(expected))
+        raise GlmImageInputError(
+            f"latent: the sampler's latent is {width * dit.vae_scale_factor}x{height * dit.vae_scale_factor} px but "
+            f"the GLM-Image tokens are for a picture of {expected * 256} px ({expected} DiT patches, e.g. "
+            f"{side * 16}x{side * 16}): connect 'GLM-Image conditioning''s latent output to the sampler")
+    if prior_ids.shape[0] not in (1, latent.shape[0]):
+        raise GlmImageInputError(f"latent: its batch holds {latent.shape[0]} pictures but the GLM-Image tokens hold "
+                                 f"{prior_ids.shape[0]}: use the conditioning node's latent output (one per grid)")
+
+
+def _clear_source_kv(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a sampling run builds its source keys/values anew (weights may be patched)."""
+    guider = executor.class_obj  # the CFGGuider whose outer_sample this wraps
+    model = getattr(getattr(guider, "model_patcher", None), "model", None)
+    diffusion = getattr(model, "diffusion_model", None)
+    if hasattr(diffusion, "clear_source_kv"):
+        diffusion.clear_source_kv()
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        if hasattr(diffusion, "clear_source_kv"):
+            diffusion.clear_source_kv()
+
+
+def native_model(dit: DiTModel, preview_factors=None, max_resident: int | None = None):
+    """The ComfyUI `MODEL` (a ModelPatcher over `GlmImageModel`) of a loaded DiT; one per DiT, reused.
+
+    It becomes the DiT's one patcher for the whole pack, so the decode node and
+    KSampler load, stream and offload the same weights.
+    """
+    patcher = getattr(dit, "_glmimage_native", None)
+    if patcher is None:
+        forget(dit)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
+        fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
+        seq_len = (DEFAULT_SIZE_PX // 16) ** 2
+        config = GlmImageModelConfig(fmt, shift_for(dit.scheduler_config, seq_len),
+                                     dit.dtype if dit.weight_dtype != "default" else None)
+        model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=dit.device,
+                                                   offload_device=comfy.model_management.unet_offload_device())
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY,
+                                     _clear_source_kv)
+        dit._glmimage_native = patcher
+        dit._glmimage_patcher = patcher
+    set_vram_limit(patcher, max_resident)
+    return patcher
+
+
+LIMIT_WRAPPER_KEY = "glm_image_vram_limit"
+
+
+def set_vram_limit(patcher, max_resident: int | None) -> None:
+    """Keep at most `max_resident` bytes of the DiT on the GPU while sampling (None: ComfyUI decides)."""
+    patcher.model.glm_vram_limit = max_resident
+    if max_resident is not None:
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, LIMIT_WRAPPER_KEY,
+                                     _limit_resident)
+
+
+def _limit_resident(executor, *args, **kwargs):
+    """SAMPLER_SAMPLE wrapper: after ComfyUI loaded the model for this run, stream what exceeds the limit."""
+    from ..glmimage_core.memory import limit_resident
+
+    guider = args[0] if args else None
+    patcher = getattr(guider, "model_patcher", None)
+    limit = getattr(getattr(patcher, "model", None), "glm_vram_limit", None)
+    if patcher is not None and limit is not None:
+        limit_resident(patcher, limit)
+    return executor(*args, **kwargs)
+
+
+def with_shift_for(model_patcher, height: int, width: int):
+    """A clone of the MODEL whose schedule has GLM-Image's shift for a `width` x `height` px picture."""
+    model = model_patcher.model
+    dit: DiTModel = model.dit
+    seq_len = (height // dit.vae_scale_factor) * (width // dit.vae_scale_factor) // dit.patch_size**2
+    clone = model_patcher.clone()
+    clone.add_object_patch("model_sampling", model_sampling_for(model.model_config, seq_len, dit.scheduler_config))
+    return clone
+
+
+__all__ = ["GlmImageModel", "GlmImageLatentFormat", "SourceImages", "native_model", "with_shift_for",
+           "calculate_shift", "unshifted_sigma"]

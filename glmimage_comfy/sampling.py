@@ -1,0 +1,70 @@
+"""The "GLM-Image decode" node inside ComfyUI: the native MODEL + ComfyUI's own sampler + the ComfyUI VAE.
+
+Same conditioning, same sampler code path and same DiT forward as a
+KSampler workflow, with GLM-Image's exact schedule (`glm_sigmas`) and Euler,
+which is what diffusers' GlmImagePipeline runs, so the pictures match diffusers
+(tests/test_native.py). Previews follow ComfyUI's --preview-method through its
+own latent_preview callback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import latent_preview
+
+from ..glmimage_core import vram_plan
+from ..glmimage_core.decoder_loading import DecoderBundle
+from ..glmimage_core.decoding import glm_timesteps
+from ..glmimage_core.prior import PriorTokens
+from .conditioning import build_conditioning
+from .native_model import native_model
+from .vae import comfy_vae, preview_factors
+
+
+def glm_sigmas(model_patcher, steps: int) -> torch.Tensor:
+    """GLM-Image's schedule for a MODEL (its shift): shifted linspace(1000, 1, steps+1)[:-1] / 1000, then 0.
+
+    ComfyUI's "simple" scheduler gives exactly these at 50 steps; this is exact at any step count."""
+    sampling = model_patcher.get_model_object("model_sampling")
+    timesteps = torch.from_numpy(glm_timesteps(steps, 1000)) / 1000.0
+    return torch.cat([sampling.sigma(timesteps * sampling.multiplier).float(), torch.zeros(1)])
+
+
+def decode_tiled_if_needed(vae, samples: torch.Tensor) -> torch.Tensor:
+    """ComfyUI VAE decode; tiled (ComfyUI's tiler) when one picture would not fit in free VRAM."""
+    device = vae.device
+    if device.type != "cpu":
+        need = vae.memory_used_decode(samples[:1].shape, vae.vae_dtype)
+        if need > comfy.model_management.get_free_memory(device) + vae.patcher.loaded_size():
+            return vae.decode_tiled(samples)
+    return vae.decode(samples)
+
+
+def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None, steps: int, guidance: float,
+                      seed: int, source_images: list[torch.Tensor] | None = None, max_resident: int | None = None):
+    """[N, H, W, 3] pixels: conditioning -> ComfyUI sampler (euler, GLM schedule) -> ComfyUI VAE decode."""
+    vae = comfy_vae(bundle.vae_model)
+    model = native_model(bundle.dit, lambda: preview_factors(bundle.vae_model), max_resident)
+    cond = build_conditioning(model, bundle.glyph, prior, prompt, vae, source_images)
+    latent = cond.latent["samples"]
+    noise = comfy.sample.prepare_noise(latent, seed)
+    sigmas = glm_sigmas(cond.model, steps)
+    callback = latent_preview.prepare_callback(cond.model, steps)
+    cfg = guidance if guidance > 1.0 else 1.0  # <= 1 turns guidance off, as in diffusers
+    samples = comfy.sample.sample_custom(cond.model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas,
+                                         cond.positive, cond.negative, latent, callback=callback,
+                                         disable_pbar=True, seed=seed)
+    return decode_tiled_if_needed(vae, samples)
+
+
+def describe_decoder(bundle: DecoderBundle) -> str:
+    """What the decoder loader reports: the DiT's bytes on the GPU per option, plus the VAE and glyph encoder."""
+    dit = bundle.dit
+    chosen = vram_plan.WeightOption(dit.weight_dtype)
+    text = vram_plan.describe_weights("GLM-Image DiT", dit.inventory, chosen, vram_plan.DIT_OPTIONS, dit.dtype)
+    others = sum(p.numel() * p.element_size() for m in (bundle.vae, bundle.text_encoder) for p in m.parameters())
+    return text + f"; VAE + glyph encoder {vram_plan.gb(others)}"
