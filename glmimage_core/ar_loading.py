@@ -54,6 +54,8 @@ class ARModel:
     inventory: vram_plan.Inventory | None = None
     #: Whether the text embedding table stays in RAM (inside ComfyUI: cast_layers.HostEmbedding).
     embeddings_on_host: bool = False
+    #: (batch, total length) shapes speed=compiled has compiled for (transformers keeps the compiled step).
+    compiled_shapes: set = field(default_factory=set, repr=False)
 
     @property
     def config(self):
@@ -194,7 +196,8 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     torch_dtype = resolve_dtype(dtype, target, _checkpoint_dtype(layout.model_dir)
                                 if not layout.subfolder_model else torch.bfloat16, bf16_fallback=torch.float16)
     quant = quantization_config(quantization, torch_dtype, target)
-    key = (torch_dtype, str(target), attention, quantization, weight_dtype)
+    # Inside ComfyUI the model gets cast layers; a plain copy loaded before ComfyUI was there is not reused.
+    key = (torch_dtype, str(target), attention, quantization, weight_dtype, comfy_ops() is not None)
     with _CACHE_LOCK:
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == key:

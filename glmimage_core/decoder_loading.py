@@ -331,7 +331,8 @@ def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtyp
         check_safetensors(getattr(folders, name), name)
     target = torch_device(device)
     torch_dtype = resolve_dtype(dtype, target, checkpoint_dtype(folders.transformer))
-    key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weight_dtype)
+    key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weight_dtype,
+           comfy_ops() is not None)
     with _CACHE_LOCK:
         cached = _CACHE.get(folders.root)
         if cached is not None and cached[0] == key:
@@ -392,7 +393,10 @@ def clear_decoder_cache() -> None:
 
 
 def _part(kind: str, folder: Path, options: tuple, load):
-    """One cached part per (kind, folder): the same options return it, other options replace it."""
+    """One cached part per (kind, folder): the same options return it, other options replace it.
+
+    Whether ComfyUI is there is one of the options: inside it the part has cast layers."""
+    options = (*options, comfy_ops() is not None)
     key = (kind, str(folder))
     cached = _PARTS.get(key)
     if cached is not None and cached[0] == options:

@@ -9,6 +9,7 @@ button: it runs once per sampled token.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from .batch_sampling import PerSampleSampler, derived_seeds, expand_inputs, samp
 from .errors import GlmImageInputError
 from . import vram_plan
 from .placement import ar_needs, ar_on_device, ar_residency
+from .static_decode import DecodeTimes, graph_friendly_decode
 from .prompting import GlmImageInputs
 from .runtime import Progress, check_interrupted, progress_bar
 from .shapes import GridShape
@@ -100,13 +102,15 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
+def speed_kwargs(speed: str, device: torch.device, compile_config=None) -> tuple[dict, str | None]:
     """generate() options for a speed choice, and a note when the choice cannot apply here.
 
     compiled = a static KV cache sized from the shape + torch.compile of the decoding step
     (mode reduce-overhead: CUDA graphs). transformers keeps the compiled step on the model and
     reuses it while the cache size (prompt + shape) stays the same. "static" (static cache,
-    no compile) exists for tests: it is the compiled path minus the compiler.
+    no compile) exists for tests: it is the compiled path minus the compiler. A given
+    `compile_config` (transformers' CompileConfig) replaces the CUDA default and compiles on
+    any device (tests and benchmarks use it, e.g. fullgraph on the CPU).
     """
     if speed == "standard":
         return {}, None
@@ -114,6 +118,9 @@ def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
         return {"cache_implementation": "static", "disable_compile": True}, None
     if speed != "compiled":
         raise GlmImageInputError(f"speed {speed!r} is not one of {SPEEDS}")
+    if compile_config is not None:
+        compile_config._compile_all_devices = True
+        return {"cache_implementation": "static", "compile_config": compile_config}, None
     if device.type != "cuda":
         return {}, (f"speed=compiled needs a CUDA GPU (torch.compile with CUDA graphs); on {device.type} it "
                     "does not pay off, so this run used speed=standard")
@@ -126,11 +133,23 @@ def speed_kwargs(speed: str, device: torch.device) -> tuple[dict, str | None]:
             "compile_config": CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")}, None
 
 
+def _compile_note(ar: ARModel, shape: torch.Size, times: DecodeTimes) -> str:
+    """speed=compiled: whether this (batch, length) compiled now (and for how long) or reused a compiled step."""
+    key = (int(shape[0]), int(shape[1]))
+    if key in ar.compiled_shapes:
+        return f"speed=compiled: reused the compiled step for {key[0]} x {key[1]} tokens (no compiling)."
+    ar.compiled_shapes.add(key)
+    seconds = times.compile_seconds()
+    spent = f"~{seconds:.1f} s" if seconds is not None else "some time"
+    return (f"speed=compiled: first run at {key[0]} x {key[1]} tokens spent {spent} compiling; later runs of "
+            "this shape reuse it.")
+
+
 def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
                     sampling: SamplingSettings = SamplingSettings(),
                     progress: Progress | None = None, offload_after: bool = False,
                     images: int = 1, speed: str = "standard", allow_streaming: bool = False,
-                    vram_limit: int | None = None) -> GeneratedTokens:
+                    vram_limit: int | None = None, compile_config=None) -> GeneratedTokens:
     """Sample the image tokens for `inputs`: `images` pictures with seeds seed, seed+1, ...
 
     One picture runs plain `generate` after `torch.manual_seed(seed)`, exactly like
@@ -154,7 +173,7 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
         notes.append(f"VRAM for this run: ~{vram_plan.gb(chosen.total)} ({vram_plan.gb(chosen.weights)} "
                      f"{chosen.label} weights + {vram_plan.gb(chosen.working)} KV cache and activations).")
     with ar.lock, ar_on_device(ar, offload_after=offload_after, residency=residency, notes=notes) as device:
-        extra, note = speed_kwargs(speed, device)
+        extra, note = speed_kwargs(speed, device, compile_config)
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}
         kwargs = sampling.generate_kwargs()
@@ -169,13 +188,17 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
             if images > 1:
                 model_inputs = expand_inputs(model_inputs, images)
             devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+            static = extra.get("cache_implementation") == "static"
+            with torch.random.fork_rng(devices=devices), \
+                    (graph_friendly_decode(ar.model) if static else nullcontext()) as decode_times:
                 torch.manual_seed(seed)
                 if device.type == "cuda":
                     torch.cuda.manual_seed(seed)
                 out = ar.model.generate(
                     **model_inputs, max_new_tokens=max_new,
                     stopping_criteria=[_PerTokenHook(progress)], **kwargs, **extra)
+        if "compile_config" in extra:
+            notes.append(_compile_note(ar, out.shape, decode_times))
     return GeneratedTokens(
         sequences=out[:, inputs.input_length:].to("cpu"), shape=inputs.shape, mode=inputs.mode,
         prompt=inputs.prompt, seeds=seeds, codebook_size=ar.codebook_size, image_end_id=ar.image_end_id,

@@ -42,8 +42,8 @@ PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2"
 
 
 def ar_loader(w):
-    return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none"], outputs=[AR],
-                  size=(320, 130))
+    return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none", "default"],
+                  outputs=[AR, ("memory", "STRING")], size=(320, 160))
 
 
 def prompt_node(w, ar, text):
@@ -53,7 +53,7 @@ def prompt_node(w, ar, text):
     return node
 
 def chain(w, ar, prompt_node, x, y, seed, name):
-    gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True],
+    gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
                  inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")], outputs=[("tokens", "GLMIMAGE_TOKENS")], size=(320, 230))
     w.link(ar, 0, gen, "ar_model"); w.link(prompt_node, 0, gen, "inputs")
     ext = w.node("GLMImageExtractTokens", (x + 360, y), [], inputs=[("tokens", "GLMIMAGE_TOKENS")],
@@ -68,8 +68,8 @@ def chain(w, ar, prompt_node, x, y, seed, name):
     return ext
 
 def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
-    dl = w.node("GLMImageDecoderLoader", (x, y), ["GLM-Image", "auto", "auto"],
-                outputs=[("decoder", "GLMIMAGE_DECODER")], size=(320, 110))
+    dl = w.node("GLMImageDecoderLoader", (x, y), ["GLM-Image", "auto", "auto", "default", 0.0],
+                outputs=[("decoder", "GLMIMAGE_DECODER"), ("memory", "STRING")], size=(320, 160))
     dec = w.node("GLMImageDecode", (x + 360, y), ["", 50, 1.5, seed, "fixed"],
                  inputs=[("decoder", "GLMIMAGE_DECODER"), ("prior", "GLMIMAGE_PRIOR"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                  outputs=[("image", "IMAGE")], size=(320, 250))
@@ -125,4 +125,37 @@ if DECODE:
     w.link(save, 0, loadt, "file")
     decoder(w, loadt, text, 780, 480, "glm_image_roundtrip", seed=5)
     w.dump(out / "glm_image_tokens_roundtrip.json")
+
+    # the DiT as a native MODEL: tokens -> conditioning -> KSampler -> VAE Decode
+    w = WF()
+    ar = ar_loader(w)
+    shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+                   size=(320, 260))
+    text = 'A street cafe at night, a neon sign that says "KSampler"'
+    prompt = prompt_node(w, ar, text)
+    w.link(shape, 0, prompt, "shape")
+    ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
+    dit = w.node("GLMImageDiTLoader", (0, 520), ["GLM-Image", "default", 0.0, "auto", "auto"],
+                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 160))
+    glyph = w.node("GLMImageGlyphEncoderLoader", (0, 720), ["GLM-Image", "auto", "auto"],
+                   outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
+    vae = w.node("GLMImageVAELoader", (0, 870), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
+                 size=(320, 110))
+    cond = w.node("GLMImageConditioning", (780, 520), [""],
+                  inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
+                          ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
+                  outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                           ("LATENT", "LATENT")], size=(320, 220))
+    w.link(dit, 0, cond, "model"); w.link(glyph, 0, cond, "glyph_encoder"); w.link(ext, 0, cond, "prior")
+    ks = w.node("KSampler", (1140, 520), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                        ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
+    w.link(cond, 0, ks, "model"); w.link(cond, 1, ks, "positive"); w.link(cond, 2, ks, "negative")
+    w.link(cond, 3, ks, "latent_image")
+    dec = w.node("VAEDecode", (1500, 520), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")], size=(220, 60))
+    w.link(ks, 0, dec, "samples"); w.link(vae, 0, dec, "vae")
+    save = w.node("SaveImage", (1760, 520), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
+    w.link(dec, 0, save, "images")
+    w.dump(out / "glm_image_ksampler.json")
 print("written")

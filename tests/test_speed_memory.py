@@ -65,4 +65,42 @@ def test_decoder_is_managed_by_comfyui_too(comfy_pack, tmp_path):
     prior = PriorTokens(grids=torch.randint(0, 64, (1, 2, 2)), mode="t2i", prompt="x", codebook_size=64)
     decode_prior(bundle, prior, steps=1)
     decode_prior(bundle, prior, steps=1)
-    assert comfy_loaded_count(bundle) == 1
+    # each part is its own managed model (ComfyUI pages them one at a time), registered once
+    assert [comfy_loaded_count(part) for part in (bundle.dit, bundle.vae_model, bundle.glyph)] == [1, 1, 1]
+
+
+def test_compiled_decode_step_is_one_graph_and_gives_the_standard_tokens(tiny_ar_dir):
+    """torch.compile with fullgraph=True (any graph break raises) on the CPU with the eager backend: the
+    decode step of GLM-Image (positions and embeddings looked up before the call) traces as one graph, gives
+    the standard tokens in fp32, and a second run of the same shape compiles nothing new."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    ar = ar_loading.load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")
+    config = CompileConfig(fullgraph=True, dynamic=False, backend="eager", mode=None)
+    for prompt, images in (("a red fox <sop>3 4<eop>", None), ("make it blue", [torch.rand(64, 96, 3)])):
+        inputs = prepare_inputs(ar.processor, prompt, images=images)
+        compiled = generate_tokens(ar, inputs, seed=3, speed="compiled", compile_config=config)
+        assert torch.equal(compiled.sequences, generate_tokens(ar, inputs, seed=3).sequences)
+        assert compiled.notes[-1].startswith("speed=compiled: first run at 1 x ")
+        graphs = counters["stats"]["unique_graphs"]
+        again = generate_tokens(ar, inputs, seed=5, speed="compiled", compile_config=config)
+        assert counters["stats"]["unique_graphs"] == graphs  # the compiled step was reused
+        assert again.notes[-1].startswith("speed=compiled: reused the compiled step")
+        assert torch.equal(again.sequences, generate_tokens(ar, inputs, seed=5).sequences)
+
+
+def test_static_cache_in_bf16_samples_the_same_distribution(tiny_ar_dir):
+    """In bf16 the static cache (what speed=compiled decodes with) rounds attention differently from the
+    dynamic cache, so runs drift apart after a while: not the same tokens, but the same distribution. Over six
+    seeds: the first tokens agree, and the histograms of all sampled ids are within a total-variation distance
+    of 0.25 (two independent seed sets of the standard path are about as far apart as that)."""
+    ar = ar_loading.load_ar_model(str(tiny_ar_dir), dtype="bf16", device="cpu")
+    inputs = prepare_inputs(ar.processor, "a red fox <sop>4 4<eop>")
+    standard = torch.cat([generate_tokens(ar, inputs, seed=s).sequences for s in range(6)])
+    static = torch.cat([generate_tokens(ar, inputs, seed=s, speed="static").sequences for s in range(6)])
+    assert (standard[:, :8] == static[:, :8]).float().mean() >= 0.9
+    codebook = ar.codebook_size + 2
+    p = torch.bincount(standard.flatten(), minlength=codebook).float() / standard.numel()
+    q = torch.bincount(static.flatten(), minlength=codebook).float() / static.numel()
+    assert 0.5 * (p - q).abs().sum() < 0.25

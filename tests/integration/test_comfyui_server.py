@@ -11,7 +11,8 @@ from tests.comfy_harness import input_specs, is_widget, widget_values, workflow_
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 PACK_NODES = ["GLMImageARLoader", "GLMImageShape", "GLMImagePrompt", "GLMImageGenerateTokens",
               "GLMImageExtractTokens", "GLMImagePreviewTokens", "GLMImageSaveTokens", "GLMImageLoadTokens",
-              "GLMImageDecoderLoader", "GLMImageDecode"]
+              "GLMImageDecoderLoader", "GLMImageDecode", "GLMImageDiTLoader", "GLMImageVAELoader",
+              "GLMImageGlyphEncoderLoader", "GLMImageConditioning", "GLMImageScheduler"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_every_pack_node_is_registered_with_tooltips(object_info, comfy_server):
 
 def test_example_workflows_match_the_node_definitions(object_info):
     assert {w.name for w in WORKFLOWS} >= {"glm_image_text_to_image.json", "glm_image_image_to_image.json",
-                                           "glm_image_tokens_roundtrip.json"}
+                                           "glm_image_tokens_roundtrip.json", "glm_image_ksampler.json"}
     for path in WORKFLOWS:
         workflow = json.loads(path.read_text())
         nodes = {n["id"]: n for n in workflow["nodes"]}
@@ -66,7 +67,7 @@ def test_example_workflows_match_the_node_definitions(object_info):
 
 
 @pytest.mark.parametrize("name", ["glm_image_text_to_image.json", "glm_image_image_to_image.json",
-                                  "glm_image_tokens_roundtrip.json"])
+                                  "glm_image_tokens_roundtrip.json", "glm_image_ksampler.json"])
 def test_example_workflow_runs_and_writes_pngs(comfy_server, object_info, name):
     workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / name).read_text())
     prompt = workflow_to_api_prompt(workflow, object_info)

@@ -1,0 +1,108 @@
+"""GLM-Image's DiT as a native MODEL in a real ComfyUI server: stock samplers, LoRA loader, tiled VAE decode,
+a VRAM limit (ComfyUI's partial load), bad input reported with the input named."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.comfy_harness import workflow_to_api_prompt
+from tests.integration.conftest import FULL_MODEL_NAME
+
+KSAMPLER_WORKFLOW = Path(__file__).resolve().parents[2] / "example_workflows" / "glm_image_ksampler.json"
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.object_info()
+
+
+@pytest.fixture
+def prompt(object_info):
+    return workflow_to_api_prompt(json.loads(KSAMPLER_WORKFLOW.read_text()), object_info)
+
+
+def node_id(prompt: dict, class_type: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
+def final_pixels(server, entry) -> np.ndarray:
+    """The decoded picture of a KSampler workflow run (not the token preview)."""
+    paths = [p for p in server.output_images(entry) if "tokens_preview" not in p.name]
+    assert len(paths) == 1, paths
+    with Image.open(paths[0]) as picture:
+        return np.asarray(picture.convert("RGB")).astype(np.int16)
+
+
+def test_ksampler_workflow_runs_with_euler_and_other_samplers(comfy_server, prompt):
+    baseline = final_pixels(comfy_server, comfy_server.run(prompt))
+    assert baseline.shape == (1024, 1024, 3)  # the workflow's shape node: 1024x1024
+    sampler = node_id(prompt, "KSampler")
+    for name in ("dpmpp_2m", "uni_pc"):
+        prompt[sampler]["inputs"].update(sampler_name=name, steps=6)
+        pixels = final_pixels(comfy_server, comfy_server.run(prompt))
+        assert pixels.shape == baseline.shape and np.abs(pixels - baseline).max() > 0
+
+
+def _small(prompt: dict) -> dict:
+    """The KSampler workflow at 128x96 px and 4 steps: enough to compare pixels, quick on a CPU."""
+    shape = node_id(prompt, "GLMImageShape")
+    prompt[shape]["inputs"].update(size_from="pixels", width=96, height=128)
+    prompt[node_id(prompt, "KSampler")]["inputs"]["steps"] = 4
+    return prompt
+
+
+def test_lora_loader_model_only_applies_a_glm_image_dit_lora(comfy_server, prompt):
+    from safetensors.torch import load_file, save_file
+
+    prompt = _small(prompt)
+    plain = final_pixels(comfy_server, comfy_server.run(prompt))
+    weights = load_file(str(comfy_server.model_path(FULL_MODEL_NAME) / "transformer" /
+                            "diffusion_pytorch_model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for name in ("transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2"):
+        out_features, in_features = weights[f"{name}.weight"].shape
+        lora[f"transformer.{name}.lora_A.weight"] = torch.randn(4, in_features, generator=g)
+        lora[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=g)
+    loras = comfy_server.base / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(loras / "glm_image_test_lora.safetensors"))
+    dit = node_id(prompt, "GLMImageDiTLoader")
+    cond = node_id(prompt, "GLMImageConditioning")
+    prompt["900"] = {"class_type": "LoraLoaderModelOnly",
+                     "inputs": {"model": [dit, 0], "lora_name": "glm_image_test_lora.safetensors",
+                                "strength_model": 1.0}}
+    prompt[cond]["inputs"]["model"] = ["900", 0]
+    with_lora = final_pixels(comfy_server, comfy_server.run(prompt))
+    assert np.abs(with_lora - plain).max() > 8  # the LoRA reached the DiT
+    assert "lora key not loaded" not in comfy_server.log_tail(200_000)
+
+
+def test_vae_decode_tiled_and_a_tiny_vram_limit(comfy_server, prompt):
+    prompt = _small(prompt)
+    plain = final_pixels(comfy_server, comfy_server.run(prompt))
+    # ComfyUI's partial load: at most 1 MB of the DiT resident, the rest streamed each step: the same pixels.
+    dit = node_id(prompt, "GLMImageDiTLoader")
+    prompt[dit]["inputs"]["vram_limit_gb"] = 0.001
+    assert np.array_equal(final_pixels(comfy_server, comfy_server.run(prompt)), plain)
+    prompt[dit]["inputs"]["vram_limit_gb"] = 0.0
+    decode = node_id(prompt, "VAEDecode")
+    prompt[decode] = {"class_type": "VAEDecodeTiled",
+                      "inputs": {**prompt[decode]["inputs"], "tile_size": 512, "overlap": 64, "temporal_size": 64,
+                                 "temporal_overlap": 8}}
+    tiled = final_pixels(comfy_server, comfy_server.run(prompt))
+    assert tiled.shape == plain.shape
+    assert np.abs(tiled - plain).max() <= 1  # a 96x128 picture is one tile: the untiled pixels (rounding aside)
+
+
+def test_a_latent_of_the_wrong_size_is_reported_with_the_input_named(comfy_server, prompt):
+    prompt = _small(prompt)
+    prompt["901"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}}
+    prompt[node_id(prompt, "KSampler")]["inputs"]["latent_image"] = ["901", 0]
+    with pytest.raises(Exception, match=r"latent: the sampler's latent is 256x256 px but the GLM-Image tokens"):
+        comfy_server.run(prompt)
+    assert comfy_server.get("/system_stats")["system"]["comfyui_version"]  # still serving
