@@ -63,18 +63,23 @@ async def _run_and_listen(url: str, prompt: dict, timeout: float = 600.0) -> tup
 
 
 def test_generate_node_shows_live_previews_at_a_bounded_rate(comfy_server):
-    prompt = workflow_to_api_prompt(json.loads(WORKFLOW.read_text()), comfy_server.object_info())
-    ids = {v["class_type"]: k for k, v in prompt.items()}
-    # A wide picture (24 x 40 tokens, 1201 sampled with the 12 x 20 preview grid): long enough on
-    # any CPU to span several report intervals. The decoder branch is left out; it is not under test.
-    prompt[ids["GLMImageShape"]]["inputs"].update(size_from="pixels", width=1280, height=768)
-    prompt[ids["GLMImageGenerateTokens"]]["inputs"]["seed"] = 8101
-    decode_ids = {ids["GLMImageDecoderLoader"], ids["GLMImageDecode"]}
-    for node_id in list(prompt):
-        linked = {v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)}
-        if node_id in decode_ids or linked & decode_ids:
-            del prompt[node_id]
+    full = workflow_to_api_prompt(json.loads(WORKFLOW.read_text()), comfy_server.object_info())
+    ids = {v["class_type"]: k for k, v in full.items()}
+    # Only the token branch: the output that saves the token preview and what it needs (the
+    # decoder is not under test and would only cost time).
+    save = next(k for k, v in full.items() if v["class_type"] == "SaveImage"
+                and v["inputs"].get("images", [None])[0] == ids["GLMImagePreviewTokens"])
+    prompt, todo = {}, [save]
+    while todo:
+        node_id = todo.pop()
+        prompt[node_id] = full[node_id]
+        todo += [v[0] for v in full[node_id]["inputs"].values() if isinstance(v, list) and v[0] not in prompt]
     generate = ids["GLMImageGenerateTokens"]
+    assert generate in prompt
+    # A wide picture (24 x 40 tokens, 1201 sampled with the 12 x 20 preview grid): long enough on
+    # any CPU to span several report intervals.
+    prompt[ids["GLMImageShape"]]["inputs"].update(size_from="pixels", width=1280, height=768)
+    prompt[generate]["inputs"]["seed"] = 8101
 
     _, events = asyncio.run(_run_and_listen(comfy_server.url, prompt))
 
