@@ -87,7 +87,7 @@ def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShap
     prior = extract_prior(tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"tokens": save_prior(prior, out_dir / f"{name}_tokens.safetensors"),
-               "preview": _save_png(render_grid(prior.grids, prior.codebook_size)[0],
+               "preview": _save_png(render_grid(prior.grids, prior.codebook_size, palette=prior.palette)[0],
                                     out_dir / f"{name}_tokens_preview.png")}
     print(f"[{name}] {tokens.sequences.shape[1]} tokens in {elapsed:.2f} s "
           f"({tokens.sequences.shape[1] / max(elapsed, 1e-9):.1f} tokens/s)")

@@ -40,4 +40,4 @@ def extract_prior(tokens: GeneratedTokens) -> PriorTokens:
         grids.append(grid.view(shape.token_h, shape.token_w).to(torch.long))
     return PriorTokens(grids=torch.stack(grids), mode=mode, prompt=tokens.prompt,
                        codebook_size=tokens.codebook_size, source_grids=list(tokens.source_grids),
-                       seeds=list(tokens.seeds))
+                       seeds=list(tokens.seeds), palette=tokens.palette)

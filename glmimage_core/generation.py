@@ -3,12 +3,14 @@
 Plain `model.generate` with the model's own generation config, seeded the way
 diffusers' `GlmImagePipeline.generate_prior_tokens` seeds it, so the same model,
 prompt, shape and seed give the same tokens here and there. A stopping
-criterion that never stops is the hook for the progress bar and the cancel
-button: it runs once per sampled token.
+criterion that never stops is the hook for the cancel button (checked once per
+sampled token), the progress bar and the live preview of the grid (both a few
+times per second, whatever the token rate).
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -21,8 +23,9 @@ from . import vram_plan
 from .placement import ar_needs, ar_on_device, ar_residency
 from .static_decode import DecodeTimes, graph_friendly_decode
 from .prompting import GlmImageInputs
-from .runtime import Progress, check_interrupted, progress_bar
+from .runtime import Progress, check_interrupted, preview_size, progress_bar
 from .shapes import GridShape
+from .token_preview import LiveGridPreview, model_palette
 
 
 @dataclass
@@ -38,6 +41,9 @@ class GeneratedTokens:
     image_end_id: int
     source_grids: list[torch.Tensor] = field(default_factory=list)  # i2i: [h, w] d32 ids per source
     notes: list[str] = field(default_factory=list)  # e.g. why speed=compiled fell back to standard
+    # [codebook_size, 3] colours from the sampling model's codebook (token_preview.model_palette), for
+    # the preview node; None when the model's codebook could not be read (then: fixed hues).
+    palette: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -61,16 +67,56 @@ class SamplingSettings:
         return kwargs
 
 
-class _PerTokenHook:
-    """A `StoppingCriteria` that never stops: it advances the progress bar and honours cancel."""
+#: Seconds between two progress reports (each with a preview picture inside ComfyUI). ComfyUI
+#: 0.3.75 sends every progress update over the websocket; a token a millisecond would be a
+#: thousand messages (and JPEGs) a second.
+REPORT_INTERVAL_S = 0.25
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
+
+class _PerTokenHook:
+    """A `StoppingCriteria` that never stops: cancel per token, progress and preview throttled.
+
+    Every call (one per sampled token) checks ComfyUI's cancel button, so cancel stops
+    between two tokens. Progress is reported on the first token, then at most every
+    `REPORT_INTERVAL_S` seconds, and on the last one (`finish` reports what is left when the
+    model ended early). A progress bar with `update_absolute` (ComfyUI's `ProgressBar`)
+    also gets a JPEG of the first picture's grid as it fills, except on the first token;
+    any other progress (the command line's, the tests') only gets `update(n)`, so
+    nothing is rendered outside ComfyUI.
+    """
+
+    def __init__(self, progress: Progress, total: int, prompt_length: int,
+                 preview: LiveGridPreview | None = None) -> None:
+        self.progress, self.total, self.prompt_length = progress, total, prompt_length
+        self.interval = REPORT_INTERVAL_S
+        self.preview = preview if callable(getattr(progress, "update_absolute", None)) else None
+        self.sampled = 0
+        self.reported = 0
+        self.last_report = 0.0
+        self._ids: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         check_interrupted()
-        self.progress.update(1)
+        self.sampled += 1
+        self._ids = input_ids
+        now = time.monotonic()
+        if self.reported == 0 or self.sampled >= self.total or now - self.last_report >= self.interval:
+            self._report(now, with_preview=self.reported > 0)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def finish(self) -> None:
+        """Report the last tokens when generation ended before `total` (end-of-image sampled early)."""
+        if self.sampled > self.reported:
+            self._report(time.monotonic(), with_preview=True)
+
+    def _report(self, now: float, with_preview: bool) -> None:
+        if self.preview is not None and with_preview and self._ids is not None:
+            image = self.preview.render(self._ids[0, self.prompt_length:])
+            self.progress.update_absolute(self.sampled, self.total, ("JPEG", image, max(image.size)))
+        else:
+            self.progress.update(self.sampled - self.reported)
+        self.reported = self.sampled
+        self.last_report = now
 
 
 def _source_tokens(ar: ARModel, inputs: GlmImageInputs, model_inputs: dict) -> list[torch.Tensor]:
@@ -173,6 +219,10 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
         notes.append(f"VRAM for this run: ~{vram_plan.gb(chosen.total)} ({vram_plan.gb(chosen.weights)} "
                      f"{chosen.label} weights + {vram_plan.gb(chosen.working)} KV cache and activations).")
     with ar.lock, ar_on_device(ar, offload_after=offload_after, residency=residency, notes=notes) as device:
+        palette = model_palette(ar.model, ar.codebook_size)
+        hook = _PerTokenHook(progress, max_new, inputs.input_length,
+                             LiveGridPreview(inputs.shape, inputs.mode, ar.codebook_size, palette,
+                                             max_px=preview_size()))
         extra, note = speed_kwargs(speed, device, compile_config)
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}
@@ -196,10 +246,11 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
                     torch.cuda.manual_seed(seed)
                 out = ar.model.generate(
                     **model_inputs, max_new_tokens=max_new,
-                    stopping_criteria=[_PerTokenHook(progress)], **kwargs, **extra)
+                    stopping_criteria=[hook], **kwargs, **extra)
+            hook.finish()
         if "compile_config" in extra:
             notes.append(_compile_note(ar, out.shape, decode_times))
     return GeneratedTokens(
         sequences=out[:, inputs.input_length:].to("cpu"), shape=inputs.shape, mode=inputs.mode,
         prompt=inputs.prompt, seeds=seeds, codebook_size=ar.codebook_size, image_end_id=ar.image_end_id,
-        source_grids=sources, notes=notes + ([note] if note else []))
+        source_grids=sources, notes=notes + ([note] if note else []), palette=palette)

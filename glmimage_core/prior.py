@@ -26,6 +26,10 @@ class PriorTokens:
     source_grids: for image-to-image, one [h, w] d32 grid per source image (shared
         by all N samples, as the sources are); empty for text-to-image.
     codebook_size: ids must be < this; the decoder checks it against its DiT.
+    palette: [codebook_size, 3] colours from the codebook of the model that sampled the
+        grids (`token_preview.model_palette`), so the preview node colours them as the live
+        preview did. In memory only: token files do not store it (None after loading one,
+        and then the preview falls back to fixed hues).
     """
 
     grids: torch.Tensor
@@ -34,6 +38,7 @@ class PriorTokens:
     codebook_size: int
     source_grids: list[torch.Tensor] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    palette: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def token_h(self) -> int:

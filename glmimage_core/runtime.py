@@ -51,6 +51,13 @@ def progress_bar(total: int) -> Progress:
     return _NullProgress(total)
 
 
+def preview_size(default: int = 512) -> int:
+    """Longest side of live preview pictures: ComfyUI's `--preview-size` (512 unless set), else `default`."""
+    cli_args = _comfy_module("comfy.cli_args")
+    size = getattr(getattr(cli_args, "args", None), "preview_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else default
+
+
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception when the user pressed cancel."""
     mm = _comfy_module("comfy.model_management")

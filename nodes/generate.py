@@ -11,8 +11,9 @@ class GLMImageGenerateTokens(io.ComfyNode):
             node_id="GLMImageGenerateTokens",
             display_name="GLM-Image generate tokens",
             category=CATEGORY,
-            description="Samples the image tokens with the AR model, one token at a time (a progress step per "
-                        "token; cancel stops between tokens). Same seed and inputs give the same tokens.",
+            description="Samples the image tokens with the AR model, one token at a time, showing the grid as it "
+                        "fills in (the first picture; coloured by the model's codebook). Cancel stops between "
+                        "tokens. Same seed and inputs give the same tokens.",
             inputs=[
                 GlmImageAR.Input("ar_model", tooltip="From 'Load GLM-Image AR model'."),
                 GlmImageInputs.Input("inputs", tooltip="From 'GLM-Image prompt'."),

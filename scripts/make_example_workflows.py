@@ -55,7 +55,8 @@ def prompt_node(w, ar, text):
 def chain(w, ar, prompt_node, x, y, seed, name):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
                  inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")], outputs=[("tokens", "GLMIMAGE_TOKENS")], size=(320, 230))
-    w.link(ar, 0, gen, "ar_model"); w.link(prompt_node, 0, gen, "inputs")
+    w.link(ar, 0, gen, "ar_model")
+    w.link(prompt_node, 0, gen, "inputs")
     ext = w.node("GLMImageExtractTokens", (x + 360, y), [], inputs=[("tokens", "GLMIMAGE_TOKENS")],
                  outputs=[("prior", "GLMIMAGE_PRIOR"), ("count", "INT")], size=(280, 80))
     w.link(gen, 0, ext, "tokens")
@@ -73,7 +74,8 @@ def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
     dec = w.node("GLMImageDecode", (x + 360, y), ["", 50, 1.5, seed, "fixed"],
                  inputs=[("decoder", "GLMIMAGE_DECODER"), ("prior", "GLMIMAGE_PRIOR"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                  outputs=[("image", "IMAGE")], size=(320, 250))
-    w.link(dl, 0, dec, "decoder"); w.link(ext, 0, dec, "prior")
+    w.link(dl, 0, dec, "decoder")
+    w.link(ext, 0, dec, "prior")
     if images is not None:
         w.link(images, 0, dec, "source_image")
     save = w.node("SaveImage", (x + 720, y), [name], inputs=[("images", "IMAGE")], size=(400, 400))

@@ -93,7 +93,7 @@ if ! stamp_ok "$VENV/.glmimage-stamp" "$VENV_WANT"; then
   pipq install --upgrade pip
   pipq install -c "$CONSTRAINTS" torch==2.14.1 torchvision==0.29.1
   say "installing the pack's requirements.txt, pytest and ComfyUI's requirements"
-  pipq install -c "$CONSTRAINTS" -r requirements.txt pytest -r "$CACHE/comfy-requirements.txt"
+  pipq install -c "$CONSTRAINTS" -r requirements.txt pytest ruff -r "$CACHE/comfy-requirements.txt"
   "$VENV/bin/python" -m pip check >/dev/null 2>&1 || {
     say "note: pip check reports conflicts (shown for information; ComfyUI's pins are loose):"
     "$VENV/bin/python" -m pip check 2>&1 | sed 's/^/[setup]   /' || true
