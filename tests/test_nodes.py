@@ -140,6 +140,19 @@ def test_decode_preview_and_token_roundtrip_through_the_nodes(nodes, full_model,
         n["GLMImageLoadTokens"].execute(file="  ")
 
 
+def test_shape_node_accepts_linked_inputs_and_checks_their_values_when_it_runs(nodes):
+    shape_node = _schemas(nodes)["GLMImageShape"]
+    base = dict(size_from="pixels", width=96, height=128, token_h=1, token_w=1, tag="")
+    for name in base:  # each input linked in turn: ComfyUI passes None for it
+        assert shape_node.validate_inputs(**{**base, name: None}) is True, name
+    assert "width=4096 px is beyond" in shape_node.validate_inputs(**{**base, "width": 4096, "token_h": None})
+    with pytest.raises(ValueError, match=r"width must be a whole number, got '96' \(str\)"):
+        shape_node.execute(**{**base, "width": "96"})
+    with pytest.raises(ValueError, match="size_from 'inches' is not one of"):
+        shape_node.execute(**{**base, "size_from": "inches"})
+    assert shape_node.execute(**{**base, "token_h": "not used in pixels mode"})[0].tag() == "<sop>4 3<eop>"
+
+
 def test_image_to_image_decode_through_the_nodes(nodes, full_model):
     n = _schemas(nodes)
     ar = n["GLMImageARLoader"].execute(model="GLM-Image", dtype="auto", device="auto", attention="sdpa")[0]
