@@ -50,11 +50,17 @@ def test_text_to_image_through_the_nodes(nodes, models_dir, tiny_ar_dir):
     shape = shape_out[0]
     assert (shape.token_h, shape.token_w) == (4, 3) and list(shape_out.args[1:]) == [96, 128, 4, 3, 18, 13, 18 * 13 + 12 + 1, 13]
     inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="a red fox", shape=shape)[0]
-    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1, do_sample=True,
-                                                 temperature=0.0, top_p=0.0, top_k=0, speed="standard",
-                                                 offload_after=True)[0]
+    tokens, notes = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1, do_sample=True,
+                                                        temperature=0.0, top_p=0.0, top_k=0, speed="standard",
+                                                        offload_after=True).args
+    assert notes == ""
     prior, count = n["GLMImageExtractTokens"].execute(tokens=tokens).args
     assert prior.grids.shape == (1, 4, 3) and count == 12 and prior.mode == "t2i"
+    compiled, notes = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1,
+                                                          do_sample=True, temperature=0.0, top_p=0.0, top_k=0,
+                                                          speed="compiled", offload_after=True).args
+    assert "speed=compiled needs a CUDA GPU" in notes and "used speed=standard" in notes  # the notes output
+    assert torch.equal(compiled.sequences, tokens.sequences)
 
 
 def test_image_to_image_through_the_nodes_with_a_batch_and_a_second_input(nodes, ar):
