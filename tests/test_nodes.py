@@ -129,21 +129,48 @@ def test_decode_preview_and_token_roundtrip_through_the_nodes(nodes, full_model,
     preview = n["GLMImagePreviewTokens"].execute(prior=prior, cell_px=4)[0]
     assert preview.shape == (1, 16, 12, 3)
 
-    folder_paths.set_output_directory(str(tmp_path))
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    load = n["GLMImageLoadTokens"]
+    assert load.define_schema().inputs[0].options == [nodes.token_files.NO_TOKEN_FILES]
     saved = n["GLMImageSaveTokens"].execute(prior=prior, filename_prefix="glm_image/tokens")
     file = saved[0]
-    assert file == "glm_image/tokens_00001_.safetensors [output]" and saved.ui == {"text": [file[:-9]]}
-    loaded = n["GLMImageLoadTokens"].execute(file=file)[0]
+    assert file == "glm_image/tokens_00001_.safetensors [output]"
+    assert load.define_schema().inputs[0].options == [file]  # the dropdown lists it
+    loaded = load.execute(token_file=file)[0]
     assert torch.equal(loaded.grids, prior.grids) and loaded.prompt == prior.prompt
     again = n["GLMImageDecode"].execute(decoder=decoder, prior=loaded, prompt="", steps=3, guidance=1.5, seed=0)[0]
     assert torch.equal(again, image)  # re-decoding saved tokens gives the same picture
-    first = n["GLMImageLoadTokens"].fingerprint_inputs(file=file)
-    assert n["GLMImageLoadTokens"].fingerprint_inputs(file=file) == first
-    saved_file = tmp_path / "glm_image" / "tokens_00001_.safetensors"
+    linked = load.execute(token_file=nodes.token_files.NO_TOKEN_FILES, file=file)[0]  # the link wins
+    assert torch.equal(linked.grids, prior.grids)
+    first = load.fingerprint_inputs(token_file=file)
+    assert load.fingerprint_inputs(token_file=file) == first
+    saved_file = tmp_path / "output" / "glm_image" / "tokens_00001_.safetensors"
     os.utime(saved_file, ns=(0, saved_file.stat().st_mtime_ns + 10**9))  # the file changed on disk
-    assert n["GLMImageLoadTokens"].fingerprint_inputs(file=file) != first
+    assert load.fingerprint_inputs(token_file=file) != first
     with pytest.raises(ValueError, match="file is empty"):
-        n["GLMImageLoadTokens"].execute(file="  ")
+        load.execute(token_file=file, file="  ")
+
+
+def test_load_tokens_checks_names_and_takes_linked_inputs(nodes, tmp_path):
+    import folder_paths
+
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    load = _schemas(nodes)["GLMImageLoadTokens"]
+    with pytest.raises(ValueError, match="token_file: there are no token files"):
+        load.execute(token_file=nodes.token_files.NO_TOKEN_FILES)
+    assert "token_file: there are no token files" in load.validate_inputs(token_file=nodes.token_files.NO_TOKEN_FILES)
+    assert "token_file: 'gone.safetensors' does not exist" in load.validate_inputs(token_file="gone.safetensors")
+    assert "file: '../../etc/hosts' points outside" in load.validate_inputs(token_file="x", file="../../etc/hosts")
+    with pytest.raises(ValueError, match="token_file: '/etc/hosts' points outside ComfyUI's input folder"):
+        load.execute(token_file="/etc/hosts")
+    # Linked inputs reach validate_inputs / fingerprint_inputs as None: accepted, decided when it runs.
+    assert load.validate_inputs(token_file="gone.safetensors", file=None) is True
+    assert load.validate_inputs(token_file=None) is True
+    assert load.fingerprint_inputs(token_file=None) == "linked"
+    assert load.fingerprint_inputs(token_file="gone.safetensors", file=None) == "linked"
+    assert load.fingerprint_inputs(token_file="gone.safetensors") == "gone.safetensors"
 
 
 def test_shape_node_accepts_linked_inputs_and_checks_their_values_when_it_runs(nodes):
