@@ -1,3 +1,11 @@
+"""Save / Load GLM-Image tokens: keep sampled tokens as files and decode them again later.
+
+Load lists token files like ComfyUI's own loaders list theirs (a dropdown re-read on every editor
+refresh, output files marked '[output]'); a linked 'file' input wins over it, because a dropdown
+cannot take the STRING that Save returns and one graph should be able to save and load. Every name
+goes through glmimage_core.token_folders (ComfyUI's folders only) and token_files (header first).
+"""
+
 import os
 
 from .api import io
