@@ -8,9 +8,10 @@ replaces the typed-in value by a link from another node that delivers the same v
 
 - INT, FLOAT, STRING, BOOLEAN: ComfyUI's core primitive nodes (PrimitiveInt, ...);
 - COMBO: PrimitiveString -> a node with a "COMBO" output. ComfyUI accepts a link into a COMBO input
-  only from an output typed "COMBO" (or "*"); 0.3.75 has no such core node, so the test server
-  carries a test-only one (tests/integration/comfy_test_nodes); where ComfyUI's own "Convert String
-  to Combo" exists (later releases), that is used.
+  only from an output typed "COMBO" (or "*", as many packs' switch nodes have); no core node of
+  0.3.75 or 0.33 registers such an output (0.33 has "Convert String to Combo" in its sources but
+  leaves it out of its node list), so the test server carries a test-only one
+  (tests/integration/comfy_test_nodes). Where ComfyUI registers its own, that is used.
 
 The graph around a node is taken from the example workflows (the node and everything upstream of
 it), or, for a node no example uses, built from its defaults with its socket inputs fed by the

@@ -2,8 +2,9 @@
 
 `LinkTestStringToCombo` turns a STRING into a COMBO-typed output, so a test can drive a
 dropdown input by a real link. ComfyUI accepts a link into a COMBO input when the source's output
-type is "COMBO" (or "*"); ComfyUI 0.3.75 has no core node with such an output (later releases
-have "Convert String to Combo", which does the same and which the tests prefer where present).
+type is "COMBO" (or "*"); neither 0.3.75 nor 0.33 registers a core node with such an output (0.33
+carries "Convert String to Combo", which does the same, but leaves it out of its node list; the
+tests prefer it wherever ComfyUI registers it).
 The value reaches the target node unchecked, as any linked value does.
 """
 
