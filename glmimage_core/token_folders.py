@@ -12,6 +12,7 @@ still lie inside the folder its annotation names. The folders are passed in
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -63,13 +64,29 @@ def resolve_token_path(name: str, folders: Mapping[str, str], what: str = "file"
     return Path(target)
 
 
-def _walk(start: str, root: str, accept: Callable[[str], bool]) -> list[str]:
-    """'/'-separated names (relative to `start`) of the accepted .safetensors files under `start`
-    whose real path stays inside `root`, the ComfyUI folder they will be resolved against."""
+@lru_cache(maxsize=4096)
+def _is_token_file(path: str, mtime_ns: int, size: int) -> bool:
+    """is_token_file, remembered per file version: ComfyUI asks for the node's inputs (and so for this
+    list) several times per queued prompt, and a header need not be read again until the file changes."""
+    return is_token_file(path)
+
+
+def _accept_token_file(path: str) -> bool:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return _is_token_file(path, stat.st_mtime_ns, stat.st_size)
+
+
+def _scan(start: str, root: str, accept: Callable[[str], bool], recursive: bool) -> list[str]:
+    """'/'-separated names (relative to `start`) of the accepted .safetensors files in `start` (and
+    its subfolders if `recursive`) whose real path stays inside `root`, the ComfyUI folder they will
+    be resolved against."""
     real_root = os.path.realpath(root)
     found = []
     for folder, subdirs, files in os.walk(start, followlinks=False):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")) if recursive else []
         for file in files:
             path = os.path.join(folder, file)
             if file.endswith(SUFFIX) and _inside(os.path.realpath(path), real_root) and accept(path):
@@ -77,10 +94,12 @@ def _walk(start: str, root: str, accept: Callable[[str], bool]) -> list[str]:
     return sorted(found)
 
 
-def list_token_files(folders: Mapping[str, str], accept: Callable[[str], bool] = is_token_file) -> list[str]:
-    """The token files under input/ (plain names) and output/glm_image/ ('glm_image/... [output]'),
-    as the Load node's dropdown lists them; judged by their header, not their name alone."""
-    names = _walk(folders["input"], folders["input"], accept)
+def list_token_files(folders: Mapping[str, str], accept: Callable[[str], bool] = _accept_token_file) -> list[str]:
+    """The Load node's dropdown: token files directly in input/ (plain names, as ComfyUI's LoadImage
+    lists input/ without its subfolders) and anywhere under output/glm_image/ ('glm_image/... [output]',
+    the pack's own folder); judged by their size and header, not their name alone."""
+    names = _scan(folders["input"], folders["input"], accept, recursive=False)
     output_folder = os.path.join(folders["output"], OUTPUT_SUBFOLDER)
-    names += [f"{OUTPUT_SUBFOLDER}/{name} [output]" for name in _walk(output_folder, folders["output"], accept)]
+    names += [f"{OUTPUT_SUBFOLDER}/{name} [output]"
+              for name in _scan(output_folder, folders["output"], accept, recursive=True)]
     return names

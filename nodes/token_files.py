@@ -17,9 +17,9 @@ from .messages import show_message
 from .sockets import CATEGORY, GlmImagePrior
 
 NO_TOKEN_FILES = "(no token files yet)"
-TOKEN_FILE_TOOLTIP = (f"A token file: those under ComfyUI's input/ folder, and those under output/{OUTPUT_SUBFOLDER}/ "
-                      f"(marked [output], where 'Save GLM-Image tokens' writes). Refresh the editor (R) to list "
-                      f"new files. Ignored while 'file' is connected.")
+TOKEN_FILE_TOOLTIP = (f"A token file: those directly in ComfyUI's input/ folder, and those under "
+                      f"output/{OUTPUT_SUBFOLDER}/ (marked [output], where 'Save GLM-Image tokens' writes). "
+                      f"Refresh the editor (R) to list new files. Ignored while 'file' is connected.")
 FILE_TOOLTIP = ("Optional: a token file name from a link, e.g. the 'file' output of 'Save GLM-Image tokens' "
                 "('name [output]'), so one graph can save and load. When connected it wins over token_file. Only "
                 "files inside ComfyUI's input/, output/ and temp/ folders are read.")

@@ -162,13 +162,18 @@ def test_symlinks_that_escape_are_refused_and_not_listed(folders, tmp_path):
 def test_listing_shows_token_files_of_input_and_the_packs_output_folder(folders):
     inp, out = Path(folders["input"]), Path(folders["output"])
     save_prior(_prior("t2i"), inp / "mine.safetensors")
-    save_prior(_prior("i2i"), inp / "sub" / "nested.safetensors")
+    save_prior(_prior("i2i"), inp / "sub" / "nested.safetensors")  # input/ is listed without subfolders
     save_prior(_prior("t2i"), out / "glm_image" / "tokens_00001_.safetensors")
+    save_prior(_prior("t2i"), out / "glm_image" / "run" / "tokens_00001_.safetensors")
     save_prior(_prior("t2i"), out / "elsewhere" / "tokens_00001_.safetensors")  # not the pack's folder
     save_file({"w": torch.zeros(3)}, str(inp / "weights.safetensors"), metadata={"format": "pt"})
     (inp / "picture.png").write_bytes(b"png")
     (inp / "fake.safetensors").write_bytes(b"garbage")
-    assert list_token_files(folders) == ["mine.safetensors", "sub/nested.safetensors",
-                                         "glm_image/tokens_00001_.safetensors [output]"]
-    for name in list_token_files(folders):
-        assert load_prior(resolve_token_path(name, folders)).codebook_size == 64
+    listed = ["mine.safetensors", "glm_image/run/tokens_00001_.safetensors [output]",
+              "glm_image/tokens_00001_.safetensors [output]"]
+    assert list_token_files(folders) == listed
+    for name in listed + ["sub/nested.safetensors", "elsewhere/tokens_00001_.safetensors [output]"]:
+        assert load_prior(resolve_token_path(name, folders)).codebook_size == 64  # loadable by name
+    (inp / "mine.safetensors").write_bytes(b"no longer tokens")  # the list follows changed files
+    save_prior(_prior("t2i"), inp / "fake.safetensors")
+    assert list_token_files(folders) == ["fake.safetensors"] + listed[1:]

@@ -55,12 +55,12 @@ def test_the_dropdown_lists_token_files_and_follows_a_refresh(comfy_server):
     before = token_file_options(comfy_server)
     assert "mine.safetensors" not in before
     write_tokens(comfy_server.input_dir / "mine.safetensors")
-    write_tokens(comfy_server.input_dir / "sub" / "nested.safetensors")
+    write_tokens(comfy_server.output_dir / "glm_image" / "run" / "nested.safetensors")
     save_file({"w": torch.zeros(4)}, str(comfy_server.input_dir / "weights.safetensors"), metadata={"format": "pt"})
     big = write_tokens(comfy_server.input_dir / "big.safetensors")
     os.truncate(big, 20 * 2**30)  # sparse: 20 GiB by its size, nothing on disk
     after = token_file_options(comfy_server)  # what the editor's refresh fetches
-    assert "mine.safetensors" in after and "sub/nested.safetensors" in after
+    assert "mine.safetensors" in after and "glm_image/run/nested.safetensors [output]" in after
     assert "weights.safetensors" not in after and "big.safetensors" not in after
 
     comfy_server.run({
