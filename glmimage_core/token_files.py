@@ -1,12 +1,18 @@
 """Saving and loading `PriorTokens` as safetensors, so tokens can be sampled once and decoded often.
 
 Only safetensors is ever read (no pickle): the grids are tensors, everything
-else is string metadata that is checked on load.
+else is string metadata. Loading is header first: the file's size, its
+safetensors header, its metadata (format, version, sizes) and its tensor index
+(names, dtype, shapes, offsets) are all checked before a single tensor byte is
+read, so pointing the loader at a model's weights file reads a few bytes of it,
+never its gigabytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -16,6 +22,12 @@ from .prior import PriorTokens
 
 FORMAT = "glm-image-prior"
 VERSION = "1"
+
+#: The largest token file this pack reads. The largest real one holds 16 grids of 64x64 int64 ids
+#: (512 KiB) plus a few source grids and the prompt; anything this big is something else (weights).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+_HEADER_LEN_BYTES = 8  # safetensors: u64 little-endian header length, then the JSON header
+_ID_DTYPE, _ID_BYTES = "I64", 8
 
 
 def save_prior(prior: PriorTokens, path: str | Path) -> Path:
@@ -36,38 +48,122 @@ def save_prior(prior: PriorTokens, path: str | Path) -> Path:
     return path
 
 
+def _read_header(f, size: int, name: str) -> tuple[dict, dict, bytes]:
+    """(metadata, tensor index, raw header bytes) of an open safetensors file, reading only its header."""
+    if size < _HEADER_LEN_BYTES:
+        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: only {size} bytes")
+    length = int.from_bytes(f.read(_HEADER_LEN_BYTES), "little")
+    if length > size - _HEADER_LEN_BYTES:
+        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: its header claims "
+                                 f"{length} bytes but the file has {size}")
+    raw = f.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: bad header "
+                                 f"({err})") from err
+    if not isinstance(header, dict):
+        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: the header is not "
+                                 f"a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: bad __metadata__")
+    return meta, header, length.to_bytes(_HEADER_LEN_BYTES, "little") + raw
+
+
+def _check_format(meta: dict, name: str) -> None:
+    if meta.get("format") != FORMAT:
+        raise GlmImageInputError(f"{name!r} is not a GLM-Image token file (format {meta.get('format')!r}, "
+                                 f"expected {FORMAT!r}); save tokens with 'Save GLM-Image tokens'")
+    if meta.get("version") != VERSION:
+        raise GlmImageInputError(f"{name!r} has token file version {meta.get('version')!r}; this pack "
+                                 f"reads version {VERSION}")
+
+
+def _check_index(index: dict, meta: dict, data_bytes: int, name: str) -> None:
+    """The tensors the metadata promises, and nothing else: int64 grids of the stated sizes, inside the file."""
+    try:
+        batch, token_h, token_w = int(meta["batch_size"]), int(meta["token_h"]), int(meta["token_w"])
+        num_sources = int(meta["num_sources"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise GlmImageInputError(f"token file {name!r} is incomplete ({err})") from err
+    expected = {"grids"} | {f"source_grid_{i}" for i in range(max(num_sources, 0))}
+    if set(index) != expected:
+        raise GlmImageInputError(f"token file {name!r} holds tensors {sorted(index)}; a GLM-Image token file "
+                                 f"with {num_sources} source grid(s) holds {sorted(expected)}")
+    for tensor_name, entry in index.items():
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        rank = 3 if tensor_name == "grids" else 2
+        if (entry.get("dtype") != _ID_DTYPE or not isinstance(shape, list) or len(shape) != rank
+                or not all(isinstance(s, int) and s > 0 for s in shape)):
+            raise GlmImageInputError(f"token file {name!r}: {tensor_name} is {entry.get('dtype')} {shape}; "
+                                     f"expected {rank}-D {_ID_DTYPE} token ids")
+        if tensor_name == "grids" and shape != [batch, token_h, token_w]:
+            raise GlmImageInputError(f"token file {name!r}: grids have shape {tuple(shape)} but its "
+                                     f"metadata says {batch}x{token_h}x{token_w}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+                or offsets[1] - offsets[0] != math.prod(shape) * _ID_BYTES):
+            raise GlmImageInputError(f"token file {name!r}: {tensor_name}'s data lies outside the file or has "
+                                     f"the wrong length (offsets {offsets})")
+
+
+def read_token_metadata(path: str | Path) -> dict:
+    """The metadata of a GLM-Image token file, from its header alone (size, format and tensor index
+    checked); raises GlmImageInputError for anything else. No tensor is read."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        meta, _, _ = _open_checked(f, path.name)
+    return meta
+
+
+def _open_checked(f, name: str) -> tuple[dict, bytes, int]:
+    """Checks an open file from its size and header; returns (metadata, header bytes, data bytes).
+    Leaves `f` at the start of the data section, nothing of which has been read."""
+    size = os.fstat(f.fileno()).st_size
+    if size > MAX_FILE_BYTES:
+        raise GlmImageInputError(f"{name!r} is {size / 2**20:.1f} MiB; GLM-Image token files are far smaller "
+                                 f"(at most {MAX_FILE_BYTES // 2**20} MiB), so this is not one (model weights?)")
+    meta, index, header = _read_header(f, size, name)
+    _check_format(meta, name)
+    data_bytes = size - len(header)
+    _check_index(index, meta, data_bytes, name)
+    return meta, header, data_bytes
+
+
+def is_token_file(path: str | Path) -> bool:
+    """Whether `path` is a GLM-Image token file (judged from its size and header only)."""
+    try:
+        read_token_metadata(path)
+    except (GlmImageInputError, OSError):
+        return False
+    return True
+
+
 def load_prior(path: str | Path) -> PriorTokens:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise GlmImageInputError(f"token file {path.name!r} is not a .safetensors file")
     if not path.is_file():
         raise GlmImageInputError(f"token file {str(path)!r} does not exist")
+    with open(path, "rb") as f:  # one open file, one pass: the header checked is the header parsed
+        meta, header, data_bytes = _open_checked(f, path.name)
+        data = f.read(data_bytes)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
+        tensors = load_safetensors(header + data)
+    except (SafetensorError, ValueError) as err:
         raise GlmImageInputError(f"token file {path.name!r} is not a readable safetensors file: {err}") from err
-    if meta.get("format") != FORMAT:
-        raise GlmImageInputError(f"{path.name!r} is not a GLM-Image token file (format {meta.get('format')!r}, "
-                                 f"expected {FORMAT!r}); save tokens with 'Save GLM-Image tokens'")
-    if meta.get("version") != VERSION:
-        raise GlmImageInputError(f"{path.name!r} has token file version {meta.get('version')!r}; this pack "
-                                 f"reads version {VERSION}")
     try:
         grids = tensors["grids"]
         codebook = int(meta["codebook_size"])
-        token_h, token_w, batch = int(meta["token_h"]), int(meta["token_w"]), int(meta["batch_size"])
         sources = [tensors[f"source_grid_{i}"] for i in range(int(meta["num_sources"]))]
         mode = meta["mode"]
         seeds = [int(s) for s in json.loads(meta.get("seeds", "[]"))]
     except (KeyError, ValueError, TypeError) as err:
         raise GlmImageInputError(f"token file {path.name!r} is incomplete ({err})") from err
-    if tuple(grids.shape) != (batch, token_h, token_w):
-        raise GlmImageInputError(f"token file {path.name!r}: grids have shape {tuple(grids.shape)} but its "
-                                 f"metadata says {batch}x{token_h}x{token_w}")
     if mode not in ("t2i", "i2i") or (mode == "i2i") != bool(sources):
         raise GlmImageInputError(f"token file {path.name!r}: mode {mode!r} does not match its "
                                  f"{len(sources)} source grid(s)")

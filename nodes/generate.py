@@ -1,6 +1,7 @@
 from .api import io
 
 from ..glmimage_core.generation import MAX_IMAGES, SPEEDS, SamplingSettings, generate_tokens
+from .messages import show_message
 from .sockets import CATEGORY, GlmImageAR, GlmImageInputs, GlmImageTokens
 
 
@@ -43,7 +44,10 @@ class GLMImageGenerateTokens(io.ComfyNode):
                                          "loader option fits (weight_dtype fp8, quantization nf4); on = stream its "
                                          "layers from RAM on every token (works, but 10-50x slower)."),
             ],
-            outputs=[GlmImageTokens.Output("tokens", tooltip="The sampled ids, for 'GLM-Image extract tokens'.")],
+            outputs=[GlmImageTokens.Output("tokens", tooltip="The sampled ids, for 'GLM-Image extract tokens'."),
+                     io.String.Output("notes", tooltip="What this run wants you to know (e.g. that speed=compiled "
+                                                       "ran as standard, and why); empty when nothing. Also shown "
+                                                       "on the node; connect 'Preview as Text' to keep it.")],
         )
 
     @classmethod
@@ -52,6 +56,7 @@ class GLMImageGenerateTokens(io.ComfyNode):
         sampling = SamplingSettings(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
         tokens = generate_tokens(ar_model, inputs, seed=seed, sampling=sampling, offload_after=offload_after,
                                  images=images, speed=speed, allow_streaming=allow_streaming)
-        if tokens.notes:
-            print("[GLM-Image] " + " ".join(tokens.notes))
-        return io.NodeOutput(tokens, ui={"text": tokens.notes} if tokens.notes else None)
+        notes = "\n".join(tokens.notes)
+        if notes:
+            show_message(notes)
+        return io.NodeOutput(tokens, notes)

@@ -1,5 +1,6 @@
 from .api import io
 
+from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.shapes import MAX_SIDE_PX, MAX_SIDE_TOKENS, PIXELS_PER_TOKEN, GridShape
 from .sockets import CATEGORY, GlmImageShape
 
@@ -45,9 +46,14 @@ class GLMImageShape(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, size_from: str, width: int, height: int, token_h: int, token_w: int,
-                        tag: str) -> bool | str:
-        """Report a bad size when the graph is queued, before anything runs."""
+    def validate_inputs(cls, size_from=None, width=None, height=None, token_h=None, token_w=None,
+                        tag=None) -> bool | str:
+        """Report a bad size when the graph is queued, before anything runs. Inputs driven by a link
+        arrive here as None (ComfyUI passes only typed-in values); a size that needs one of them is
+        checked when the node runs instead."""
+        needed = _needed(size_from, width, height, token_h, token_w, tag)
+        if size_from is None or any(value is None for value in needed.values()):
+            return True
         try:
             _shape(size_from, width, height, token_h, token_w, tag)
         except ValueError as err:
@@ -63,11 +69,24 @@ class GLMImageShape(io.ComfyNode):
                              shape.max_new_tokens("t2i"), shape.max_new_tokens("i2i"))
 
 
+def _needed(size_from, width, height, token_h, token_w, tag) -> dict:
+    """The inputs the chosen size_from reads, by name."""
+    return {"pixels": {"width": width, "height": height}, "tokens": {"token_h": token_h, "token_w": token_w},
+            "tag": {"tag": tag}}.get(size_from, {})
+
+
 def _shape(size_from: str, width: int, height: int, token_h: int, token_w: int, tag: str) -> GridShape:
+    """The grid the inputs ask for. Values from links skip ComfyUI's own type and min/max checks,
+    so the inputs this size_from reads are checked here, by name."""
+    if size_from not in SIZE_FROM:
+        raise GlmImageInputError(f"size_from {size_from!r} is not one of {SIZE_FROM}")
+    for name, value in _needed(size_from, width, height, token_h, token_w, tag).items():
+        kind = str if name == "tag" else int
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise GlmImageInputError(f"{name} must be {'text' if kind is str else 'a whole number'}, got "
+                                     f"{value!r} ({type(value).__name__})")
     if size_from == "pixels":
         return GridShape.from_pixels(width=width, height=height)
     if size_from == "tokens":
         return GridShape(token_h, token_w)
-    if size_from == "tag":
-        return GridShape.from_tag(tag)
-    raise ValueError(f"size_from {size_from!r} is not one of {SIZE_FROM}")
+    return GridShape.from_tag(tag)

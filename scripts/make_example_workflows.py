@@ -24,7 +24,7 @@ class WF:
         self.lid += 1
         t = a["outputs"][aslot]["type"]
         bslot = [i["name"] for i in b["inputs"]].index(bname)
-        assert b["inputs"][bslot]["type"] == t, (a["type"], b["type"], bname)
+        assert b["inputs"][bslot]["type"] in (t, "*"), (a["type"], b["type"], bname)
         a["outputs"][aslot]["links"].append(self.lid)
         b["inputs"][bslot]["link"] = self.lid
         self.links.append([self.lid, a["id"], aslot, b["id"], bslot, t])
@@ -54,9 +54,13 @@ def prompt_node(w, ar, text):
 
 def chain(w, ar, prompt_node, x, y, seed, name):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
-                 inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")], outputs=[("tokens", "GLMIMAGE_TOKENS")], size=(320, 230))
+                 inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
+                 outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 230))
     w.link(ar, 0, gen, "ar_model")
     w.link(prompt_node, 0, gen, "inputs")
+    notes = w.node("PreviewAny", (x + 360, y + 260), [], inputs=[("source", "*")], size=(280, 150),
+                   title="GLM-Image notes")
+    w.link(gen, 1, notes, "source")
     ext = w.node("GLMImageExtractTokens", (x + 360, y), [], inputs=[("tokens", "GLMIMAGE_TOKENS")],
                  outputs=[("prior", "GLMIMAGE_PRIOR"), ("count", "INT")], size=(280, 80))
     w.link(gen, 0, ext, "tokens")
@@ -121,9 +125,11 @@ if DECODE:
     save = w.node("GLMImageSaveTokens", (1460, 0), ["glm_image/tokens"], inputs=[("prior", "GLMIMAGE_PRIOR")],
                   outputs=[("file", "STRING")], size=(300, 90))
     w.link(ext, 0, save, "prior")
-    loadt = w.node("GLMImageLoadTokens", (1460, 140), ["glm_image/tokens_00001_.safetensors [output]"],
+    saved = w.node("PreviewAny", (1800, 0), [], inputs=[("source", "*")], size=(300, 110), title="Saved token file")
+    w.link(save, 0, saved, "source")
+    # 'file' (linked from Save) wins over the token_file dropdown, so this graph saves and loads in one run.
+    loadt = w.node("GLMImageLoadTokens", (1800, 160), ["(no token files yet)"],
                    inputs=[("file", "STRING")], outputs=[("prior", "GLMIMAGE_PRIOR")], size=(300, 90))
-    loadt["inputs"][0]["widget"] = {"name": "file"}
     w.link(save, 0, loadt, "file")
     decoder(w, loadt, text, 780, 480, "glm_image_roundtrip", seed=5)
     w.dump(out / "glm_image_tokens_roundtrip.json")
@@ -148,15 +154,19 @@ if DECODE:
                           ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                   outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                            ("LATENT", "LATENT")], size=(320, 220))
-    w.link(dit, 0, cond, "model"); w.link(glyph, 0, cond, "glyph_encoder"); w.link(ext, 0, cond, "prior")
+    w.link(dit, 0, cond, "model")
+    w.link(glyph, 0, cond, "glyph_encoder")
+    w.link(ext, 0, cond, "prior")
     ks = w.node("KSampler", (1140, 520), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                         ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
-    w.link(cond, 0, ks, "model"); w.link(cond, 1, ks, "positive"); w.link(cond, 2, ks, "negative")
+    for slot, name in enumerate(("model", "positive", "negative")):
+        w.link(cond, slot, ks, name)
     w.link(cond, 3, ks, "latent_image")
     dec = w.node("VAEDecode", (1500, 520), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
                  outputs=[("IMAGE", "IMAGE")], size=(220, 60))
-    w.link(ks, 0, dec, "samples"); w.link(vae, 0, dec, "vae")
+    w.link(ks, 0, dec, "samples")
+    w.link(vae, 0, dec, "vae")
     save = w.node("SaveImage", (1760, 520), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
     w.link(dec, 0, save, "images")
     w.dump(out / "glm_image_ksampler.json")

@@ -50,11 +50,17 @@ def test_text_to_image_through_the_nodes(nodes, models_dir, tiny_ar_dir):
     shape = shape_out[0]
     assert (shape.token_h, shape.token_w) == (4, 3) and list(shape_out.args[1:]) == [96, 128, 4, 3, 18, 13, 18 * 13 + 12 + 1, 13]
     inputs = n["GLMImagePrompt"].execute(ar_model=ar, prompt="a red fox", shape=shape)[0]
-    tokens = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1, do_sample=True,
-                                                 temperature=0.0, top_p=0.0, top_k=0, speed="standard",
-                                                 offload_after=True)[0]
+    tokens, notes = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1, do_sample=True,
+                                                        temperature=0.0, top_p=0.0, top_k=0, speed="standard",
+                                                        offload_after=True).args
+    assert notes == ""
     prior, count = n["GLMImageExtractTokens"].execute(tokens=tokens).args
     assert prior.grids.shape == (1, 4, 3) and count == 12 and prior.mode == "t2i"
+    compiled, notes = n["GLMImageGenerateTokens"].execute(ar_model=ar, inputs=inputs, seed=3, images=1,
+                                                          do_sample=True, temperature=0.0, top_p=0.0, top_k=0,
+                                                          speed="compiled", offload_after=True).args
+    assert "speed=compiled needs a CUDA GPU" in notes and "used speed=standard" in notes  # the notes output
+    assert torch.equal(compiled.sequences, tokens.sequences)
 
 
 def test_image_to_image_through_the_nodes_with_a_batch_and_a_second_input(nodes, ar):
@@ -123,21 +129,61 @@ def test_decode_preview_and_token_roundtrip_through_the_nodes(nodes, full_model,
     preview = n["GLMImagePreviewTokens"].execute(prior=prior, cell_px=4)[0]
     assert preview.shape == (1, 16, 12, 3)
 
-    folder_paths.set_output_directory(str(tmp_path))
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    load = n["GLMImageLoadTokens"]
+    assert load.define_schema().inputs[0].options == [nodes.token_files.NO_TOKEN_FILES]
     saved = n["GLMImageSaveTokens"].execute(prior=prior, filename_prefix="glm_image/tokens")
     file = saved[0]
-    assert file == "glm_image/tokens_00001_.safetensors [output]" and saved.ui == {"text": [file[:-9]]}
-    loaded = n["GLMImageLoadTokens"].execute(file=file)[0]
+    assert file == "glm_image/tokens_00001_.safetensors [output]"
+    assert load.define_schema().inputs[0].options == [file]  # the dropdown lists it
+    loaded = load.execute(token_file=file)[0]
     assert torch.equal(loaded.grids, prior.grids) and loaded.prompt == prior.prompt
     again = n["GLMImageDecode"].execute(decoder=decoder, prior=loaded, prompt="", steps=3, guidance=1.5, seed=0)[0]
     assert torch.equal(again, image)  # re-decoding saved tokens gives the same picture
-    first = n["GLMImageLoadTokens"].fingerprint_inputs(file=file)
-    assert n["GLMImageLoadTokens"].fingerprint_inputs(file=file) == first
-    saved_file = tmp_path / "glm_image" / "tokens_00001_.safetensors"
+    linked = load.execute(token_file=nodes.token_files.NO_TOKEN_FILES, file=file)[0]  # the link wins
+    assert torch.equal(linked.grids, prior.grids)
+    first = load.fingerprint_inputs(token_file=file)
+    assert load.fingerprint_inputs(token_file=file) == first
+    saved_file = tmp_path / "output" / "glm_image" / "tokens_00001_.safetensors"
     os.utime(saved_file, ns=(0, saved_file.stat().st_mtime_ns + 10**9))  # the file changed on disk
-    assert n["GLMImageLoadTokens"].fingerprint_inputs(file=file) != first
+    assert load.fingerprint_inputs(token_file=file) != first
     with pytest.raises(ValueError, match="file is empty"):
-        n["GLMImageLoadTokens"].execute(file="  ")
+        load.execute(token_file=file, file="  ")
+
+
+def test_load_tokens_checks_names_and_takes_linked_inputs(nodes, tmp_path):
+    import folder_paths
+
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    load = _schemas(nodes)["GLMImageLoadTokens"]
+    with pytest.raises(ValueError, match="token_file: there are no token files"):
+        load.execute(token_file=nodes.token_files.NO_TOKEN_FILES)
+    assert "token_file: there are no token files" in load.validate_inputs(token_file=nodes.token_files.NO_TOKEN_FILES)
+    assert "token_file: 'gone.safetensors' does not exist" in load.validate_inputs(token_file="gone.safetensors")
+    assert "file: '../../etc/hosts' points outside" in load.validate_inputs(token_file="x", file="../../etc/hosts")
+    with pytest.raises(ValueError, match="token_file: '/etc/hosts' points outside ComfyUI's input folder"):
+        load.execute(token_file="/etc/hosts")
+    # Linked inputs reach validate_inputs / fingerprint_inputs as None: accepted, decided when it runs.
+    assert load.validate_inputs(token_file="gone.safetensors", file=None) is True
+    assert load.validate_inputs(token_file=None) is True
+    assert load.fingerprint_inputs(token_file=None) == "linked"
+    assert load.fingerprint_inputs(token_file="gone.safetensors", file=None) == "linked"
+    assert load.fingerprint_inputs(token_file="gone.safetensors") == "gone.safetensors"
+
+
+def test_shape_node_accepts_linked_inputs_and_checks_their_values_when_it_runs(nodes):
+    shape_node = _schemas(nodes)["GLMImageShape"]
+    base = dict(size_from="pixels", width=96, height=128, token_h=1, token_w=1, tag="")
+    for name in base:  # each input linked in turn: ComfyUI passes None for it
+        assert shape_node.validate_inputs(**{**base, name: None}) is True, name
+    assert "width=4096 px is beyond" in shape_node.validate_inputs(**{**base, "width": 4096, "token_h": None})
+    with pytest.raises(ValueError, match=r"width must be a whole number, got '96' \(str\)"):
+        shape_node.execute(**{**base, "width": "96"})
+    with pytest.raises(ValueError, match="size_from 'inches' is not one of"):
+        shape_node.execute(**{**base, "size_from": "inches"})
+    assert shape_node.execute(**{**base, "token_h": "not used in pixels mode"})[0].tag() == "<sop>4 3<eop>"
 
 
 def test_image_to_image_decode_through_the_nodes(nodes, full_model):

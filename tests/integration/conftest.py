@@ -4,6 +4,7 @@ The ComfyUI tree comes from scripts/setup_env.sh; without it these tests FAIL (t
 inside ComfyUI, the thing users run). GLMIMAGE_SKIP_COMFY=1 skips them on request."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tests.comfy_harness import ComfyError, ComfyServer, comfyui_missing_reason
 
 TINY_AR_NAME = "tiny-glm-image"  # an AR model alone (build_tiny_ar_model)
 FULL_MODEL_NAME = "GLM-Image"    # AR + decoder in the hub layout: the folder the example workflows name
+TEST_NODES = Path(__file__).parent / "comfy_test_nodes"  # test-only helper nodes (see its docstring)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,7 @@ def comfy_server(tmp_path_factory):
     from glmimage_core.demo_models import build_tiny_ar_model
 
     server = ComfyServer(tmp_path_factory.mktemp("comfy"))
+    (server.base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     server.add_model(FULL_MODEL_NAME, build_tiny_full_hub_layout)
     server.add_model(TINY_AR_NAME, build_tiny_ar_model)
     rng = np.random.default_rng(0)

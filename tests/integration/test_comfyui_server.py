@@ -50,7 +50,8 @@ def test_example_workflows_match_the_node_definitions(object_info):
                 kind, options = specs[name]
                 choices = kind if isinstance(kind, list) else options.get("options")
                 if choices is not None:
-                    assert value in choices or name in ("model", "image"), (path.name, node["type"], name, value)
+                    # model / image / token_file list what is on this machine; the saved value may not be there
+                    assert value in choices or name in ("model", "image", "token_file"), (path.name, name, value)
                 if kind in ("INT", "FLOAT"):
                     assert options.get("min", value) <= value <= options.get("max", value), (path.name, name)
             for slot in node.get("inputs", []):
@@ -60,10 +61,9 @@ def test_example_workflows_match_the_node_definitions(object_info):
                 kind = specs[slot["name"]][0]
                 link = next(l for l in workflow["links"] if l[0] == slot["link"])
                 _, src, src_slot, dst, _, link_type = link
-                assert dst == node["id"] and link_type == slot["type"]
+                assert dst == node["id"] and slot["type"] in (link_type, "*")
                 assert object_info[nodes[src]["type"]]["output"][src_slot] == link_type, (path.name, link)
-                assert kind == link_type or (isinstance(kind, str) and kind in ("STRING",) and
-                                             link_type == "STRING"), (path.name, slot["name"], kind, link_type)
+                assert kind in (link_type, "*"), (path.name, slot["name"], kind, link_type)
 
 
 @pytest.mark.parametrize("name", ["glm_image_text_to_image.json", "glm_image_image_to_image.json",
