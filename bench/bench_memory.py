@@ -139,8 +139,9 @@ def gpu_options(device: torch.device) -> list[dict]:
     from glmimage_core.ar_loading import prepare_ar_model
     from glmimage_core.decoder_loading import prepare_dit
     from glmimage_core.demo_decoder import SCHEDULER_CONFIG
+    from glmimage_core.dit_forward import velocity
     from glmimage_core.generation import generate_tokens
-    from glmimage_core.memory import forget
+    from glmimage_core.memory import Residency, ensure_on_device, forget
     from glmimage_core.prompting import prepare_inputs
     from glmimage_core.shapes import GridShape
 
@@ -157,9 +158,8 @@ def gpu_options(device: torch.device) -> list[dict]:
         rows.append({"model": "AR", "option": weight_dtype, "seconds": m.seconds,
                      "tokens_per_s": shape.max_new_tokens("t2i") / m.seconds, "peak_vram_bytes": m.peak_vram})
         forget(ar)
-        del ar, model
+        ar = model = None  # free before the next option is built
         torch.cuda.empty_cache()
-    from glmimage_core.dit_forward import velocity
 
     for weight_dtype, limit in (("default", None), ("fp8_e4m3fn", None), ("fp8_e4m3fn", 3 * GIB)):
         dit_module = real_size.build_dit(device=device).to("cpu")
@@ -168,8 +168,6 @@ def gpu_options(device: torch.device) -> list[dict]:
                       "latents_std": [1.0] * 16}
         dit = prepare_dit(dit_module, "random", torch.bfloat16, device, dict(SCHEDULER_CONFIG), vae_config,
                           weight_dtype)
-        from glmimage_core.memory import Residency, ensure_on_device
-
         ensure_on_device(dit, dit.transformer, device, Residency(max_resident=limit))
         x = torch.randn(2, 16, 128, 128, device=device, dtype=torch.bfloat16)
         glyphs = torch.randn(2, 16, 1472, device=device, dtype=torch.bfloat16)
@@ -190,7 +188,7 @@ def gpu_options(device: torch.device) -> list[dict]:
         rows.append({"model": "DiT", "option": weight_dtype + (f", {limit / GIB:.0f} GB resident" if limit else ""),
                      "s_per_step": clock.seconds_per_step(), "peak_vram_bytes": m.peak_vram})
         forget(dit)
-        del dit, dit_module
+        dit = dit_module = None
         torch.cuda.empty_cache()
     return rows
 

@@ -89,7 +89,7 @@ out = Path(sys.argv[1])
 # text to image
 w = WF()
 ar = ar_loader(w)
-shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+shape = w.node("GLMImageShape", (0, 240), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
                size=(320, 260))
 prompt_text = 'A cosy reading nook by a rainy window, warm lamp light, a mug that says "GLM"'
 prompt = prompt_node(w, ar, prompt_text)
@@ -102,7 +102,7 @@ w.dump(out / "glm_image_text_to_image.json")
 # image to image
 w = WF()
 ar = ar_loader(w)
-load = w.node("LoadImage", (0, 180), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+load = w.node("LoadImage", (0, 240), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
               size=(320, 320))
 edit = "Turn it into a watercolour painting and add a small red boat"
 prompt = prompt_node(w, ar, edit)
@@ -116,7 +116,7 @@ if DECODE:
     # sample once, save, load, decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, 180), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
+    shape = w.node("GLMImageShape", (0, 240), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
                    size=(320, 260))
     text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
     prompt = prompt_node(w, ar, text)
@@ -137,19 +137,19 @@ if DECODE:
     # the DiT as a native MODEL: tokens -> conditioning -> KSampler -> VAE Decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+    shape = w.node("GLMImageShape", (0, 240), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
                    size=(320, 260))
     text = 'A street cafe at night, a neon sign that says "KSampler"'
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
     ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
-    dit = w.node("GLMImageDiTLoader", (0, 520), ["GLM-Image", "default", 0.0, "auto", "auto"],
+    dit = w.node("GLMImageDiTLoader", (0, 640), ["GLM-Image", "default", 0.0, "auto", "auto"],
                  outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 160))
-    glyph = w.node("GLMImageGlyphEncoderLoader", (0, 720), ["GLM-Image", "auto", "auto"],
+    glyph = w.node("GLMImageGlyphEncoderLoader", (0, 840), ["GLM-Image", "auto", "auto"],
                    outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
-    vae = w.node("GLMImageVAELoader", (0, 870), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
+    vae = w.node("GLMImageVAELoader", (0, 990), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
                  size=(320, 110))
-    cond = w.node("GLMImageConditioning", (780, 520), [""],
+    cond = w.node("GLMImageConditioning", (780, 640), [""],
                   inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
                           ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                   outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -157,17 +157,17 @@ if DECODE:
     w.link(dit, 0, cond, "model")
     w.link(glyph, 0, cond, "glyph_encoder")
     w.link(ext, 0, cond, "prior")
-    ks = w.node("KSampler", (1140, 520), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
+    ks = w.node("KSampler", (1140, 640), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                         ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
     for slot, name in enumerate(("model", "positive", "negative")):
         w.link(cond, slot, ks, name)
     w.link(cond, 3, ks, "latent_image")
-    dec = w.node("VAEDecode", (1500, 520), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+    dec = w.node("VAEDecode", (1500, 640), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
                  outputs=[("IMAGE", "IMAGE")], size=(220, 60))
     w.link(ks, 0, dec, "samples")
     w.link(vae, 0, dec, "vae")
-    save = w.node("SaveImage", (1760, 520), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
+    save = w.node("SaveImage", (1760, 640), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
     w.link(dec, 0, save, "images")
     w.dump(out / "glm_image_ksampler.json")
 print("written")

@@ -194,3 +194,14 @@ def test_bad_weight_dtype_choices_are_named(comfy_pack, tiny_ar_dir, monkeypatch
     monkeypatch.delattr(torch, "float8_e5m2")  # a PyTorch built without float8 types
     with pytest.raises(GlmImageInputError, match="weight_dtype fp8_e5m2 needs a PyTorch with float8 types"):
         resolve_weight_dtype("fp8_e5m2")
+
+
+def test_a_model_that_cannot_run_even_streamed_is_refused_with_what_would_help():
+    gib = vram_plan.GIB
+    assert vram_plan.streaming_message("GLM-Image's DiT", gib // 4, gib, 4 * gib, "1024x1024 px") is None
+    text = vram_plan.streaming_message("GLM-Image's DiT", gib // 4, 3 * gib, 2 * gib, "2048x2048 px")
+    assert text.startswith("GLM-Image's DiT cannot run even with its layers streamed at 2048x2048 px: one layer "
+                           "(256 MB) plus working memory (3.0 GB) need ~3.2 GB, 2.0 GB free")
+    assert "smaller picture" in text
+    layer = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    assert vram_plan.largest_layer_bytes(layer) == (8 * 16 + 16) * 4
