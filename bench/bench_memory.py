@@ -106,9 +106,17 @@ def layer_cost(tiny: bool) -> dict:
 
     from glmimage_core.cast_layers import make_castable
 
-    if tiny:
-        ar = real_size.build_ar(layers=1, vision_depth=1, vocab_size=real_size.IMAGE_END + 513)
-        dit = real_size.build_dit(layers=1)
+    if tiny:  # the code path only: GLM-Image's layer kinds at a fraction of the width
+        from diffusers import GlmImageTransformer2DModel
+
+        config = real_size.ar_config(1, 1, vocab_size=real_size.IMAGE_END + 513)
+        config.text_config.hidden_size, config.text_config.intermediate_size = 512, 1024
+        config.text_config.num_attention_heads = 4
+        from transformers import GlmImageForConditionalGeneration
+
+        ar = GlmImageForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+        dit = GlmImageTransformer2DModel.from_config({**real_size.dit_config(1), "num_attention_heads": 4})
+        dit = dit.to(torch.bfloat16).eval()
     else:
         ar = real_size.build_ar(layers=2, vision_depth=1, vocab_size=real_size.IMAGE_END + 513)
         dit = real_size.build_dit(layers=2)
