@@ -1,10 +1,16 @@
 """A real ComfyUI server for the tests, and saved (UI) workflows turned into API prompts.
 
-Plain library, no pytest in here. The server is the ComfyUI tree that scripts/setup_env.sh unpacks
-into .cache/comfyui (or $GLMIMAGE_COMFYUI_DIR), started from that tree, unchanged, as
+Plain library, no pytest in here. The server is a ComfyUI tree that scripts/setup_env.sh unpacks,
+started from that tree, unchanged, with the Python of the venv made for it, as
 
-    python main.py --cpu --listen 127.0.0.1 --port <free port> --base-directory <tmp>
-                   --disable-auto-launch --disable-api-nodes --database-url sqlite:///:memory:
+    <python> main.py --cpu --listen 127.0.0.1 --port <free port> --base-directory <tmp>
+                     --disable-auto-launch --disable-api-nodes --database-url sqlite:///:memory:
+
+The pack is tested against two ComfyUIs (`comfy_targets()`): the primary one, .cache/comfyui
+(0.3.75, the oldest the pack supports; or $GLMIMAGE_COMFYUI_DIR) run by this process's own Python,
+and ComfyUI 0.33.0 (2026), .cache/comfyui-0.33.0 run by .venv-comfy033's Python (torch 2.11 +
+torchaudio, which 0.33 imports). Each server gets its Python explicitly, so a test process on one
+venv can drive a server on another.
 
 so that everything it writes (models, input, output, temp, user, custom_nodes) lives in a fresh
 temporary base directory, into which this repo is linked as custom_nodes/ComfyUI-GLM-Image.
@@ -31,11 +37,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("GLMIMAGE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
+# ComfyUI 0.33.0 (Aug 2026) and its venv, as scripts/setup_env.sh lays them out.
+COMFY033_VERSION = "0.33.0"
+COMFY033_DIR = Path(os.environ.get("GLMIMAGE_COMFY033_DIR", REPO / ".cache" / f"comfyui-{COMFY033_VERSION}"))
+COMFY033_PYTHON = Path(os.environ.get("GLMIMAGE_COMFY033_PYTHON", REPO / ".venv-comfy033" / "bin" / "python"))
+COMFY033_TARBALL = Path(os.environ.get("GLMIMAGE_COMFY033_TARBALL",
+                                       REPO.parent / "shared" / "vendor" / f"comfyui-{COMFY033_VERSION}.tar.gz"))
 PACK_NAME = "ComfyUI-GLM-Image"
 MODEL_FOLDER = "glm_image"  # models/glm_image, the folder the pack registers with ComfyUI
 SETUP_HINT = "run `bash scripts/setup_env.sh` (or set GLMIMAGE_COMFYUI_DIR to a ComfyUI tree)"
@@ -63,6 +76,59 @@ def comfyui_missing_reason(comfy_dir: Path = COMFYUI_DIR) -> str | None:
     return None
 
 
+def comfyui_version(comfy_dir: Path) -> str | None:
+    """The version a ComfyUI tree declares in its comfyui_version.py, or None."""
+    try:
+        text = (Path(comfy_dir) / "comfyui_version.py").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return None
+
+
+@dataclass(frozen=True)
+class ComfyTarget:
+    """One ComfyUI the pack is tested against: its tree, the Python that runs it, and, when it cannot
+    be used, why (the tests skip or fail with exactly that text)."""
+
+    name: str            # the test id, e.g. "comfyui-0.33.0"
+    comfy_dir: Path
+    python: str
+    missing: str | None = None
+
+
+def comfy033_missing_reason(comfy_dir: Path = COMFY033_DIR, python: Path = COMFY033_PYTHON,
+                            tarball: Path = COMFY033_TARBALL) -> str | None:
+    """Why ComfyUI 0.33.0 cannot be tested against, or None when its tree and venv are in place."""
+    where = f"ComfyUI {COMFY033_VERSION} is not set up at {comfy_dir}"
+    if not Path(tarball).is_file() and not (Path(comfy_dir) / "main.py").is_file():
+        return (f"{where}: its source snapshot {tarball} does not exist (put comfyui-{COMFY033_VERSION}.tar.gz "
+                f"there or set GLMIMAGE_COMFY033_TARBALL, then run `bash scripts/setup_env.sh`)")
+    if comfyui_version(comfy_dir) != COMFY033_VERSION:
+        return f"{where} (no comfyui_version.py saying {COMFY033_VERSION}): run `bash scripts/setup_env.sh`"
+    venv = Path(python).parent.parent
+    if not Path(python).is_file() or not (venv / ".glmimage-stamp").is_file():
+        return (f"{where}: its venv {venv} is missing or incomplete (no {python} or no .glmimage-stamp): "
+                f"run `bash scripts/setup_env.sh`")
+    return comfyui_missing_reason(comfy_dir)
+
+
+def comfy_targets() -> list[ComfyTarget]:
+    """The ComfyUIs to run the server tests on: the primary tree with this process's Python (or
+    $GLMIMAGE_COMFYUI_PYTHON), then ComfyUI 0.33.0 with .venv-comfy033's Python, unless it is the same
+    tree. Targets that are not set up are listed with their reason, so the tests can say it."""
+    primary_python = os.environ.get("GLMIMAGE_COMFYUI_PYTHON", sys.executable)
+    version = comfyui_version(COMFYUI_DIR)
+    targets = [ComfyTarget(f"comfyui-{version}" if version else "comfyui", COMFYUI_DIR, primary_python,
+                           comfyui_missing_reason(COMFYUI_DIR))]
+    if COMFY033_DIR.resolve() != COMFYUI_DIR.resolve():
+        targets.append(ComfyTarget(f"comfyui-{COMFY033_VERSION}", COMFY033_DIR, str(COMFY033_PYTHON),
+                                   comfy033_missing_reason()))
+    return targets
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,11 +138,14 @@ def _free_port() -> int:
 class ComfyServer:
     """One ComfyUI server process with its own temporary base directory."""
 
-    def __init__(self, base: Path, comfy_dir: Path = COMFYUI_DIR, link_pack: bool = True) -> None:
+    def __init__(self, base: Path, comfy_dir: Path = COMFYUI_DIR, link_pack: bool = True,
+                 python: str | Path | None = None) -> None:
+        """`python` runs main.py: the venv made for that ComfyUI (default: this process's Python)."""
         reason = comfyui_missing_reason(comfy_dir)
         if reason:
             raise ComfyError(reason)
         self.comfy_dir, self.base = Path(comfy_dir), Path(base)
+        self.python = str(python or sys.executable)
         for sub in ("custom_nodes", f"models/{MODEL_FOLDER}", "input", "output", "temp", "user"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         if link_pack:
@@ -113,7 +182,7 @@ class ComfyServer:
 
     # --- life cycle -------------------------------------------------------
     def command(self, port: int) -> list[str]:
-        return [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+        return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                 "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
                 "--database-url", "sqlite:///:memory:"]
 

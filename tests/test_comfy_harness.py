@@ -4,8 +4,8 @@ buttons, links, Reroute/PrimitiveNode/Note, muted and bypassed nodes."""
 
 import pytest
 
-from tests.comfy_harness import (ComfyError, comfyui_missing_reason, execution_error, extra_widget_values,
-                                 widget_values, workflow_to_api_prompt)
+from tests.comfy_harness import (ComfyError, comfy033_missing_reason, comfyui_missing_reason, comfyui_version,
+                                 execution_error, extra_widget_values, widget_values, workflow_to_api_prompt)
 
 OBJECT_INFO = {
     "LoadImage": {"input": {"required": {"image": [["a.png", "b.png"], {"image_upload": True}]}},
@@ -114,3 +114,23 @@ def test_execution_error_summary_and_missing_tree(tmp_path):
                              "exception_message": "bad size"}]]}}
     assert execution_error(entry) == "Sampler (node 3): ValueError: bad size"
     assert "scripts/setup_env.sh" in comfyui_missing_reason(tmp_path)
+
+
+def test_comfyui_033_reasons_name_what_is_missing_and_how_to_get_it(tmp_path):
+    tree, python, tarball = tmp_path / "comfyui-0.33.0", tmp_path / "venv" / "bin" / "python", tmp_path / "c.tar.gz"
+    no_snapshot = comfy033_missing_reason(tree, python, tarball)
+    assert str(tarball) in no_snapshot and "GLMIMAGE_COMFY033_TARBALL" in no_snapshot
+    tarball.write_bytes(b"")  # a snapshot, not unpacked yet
+    assert "scripts/setup_env.sh" in comfy033_missing_reason(tree, python, tarball)
+    tree.mkdir()
+    (tree / "main.py").write_text("")
+    (tree / "comfyui_version.py").write_text('__version__ = "0.3.75"\n')  # some other release
+    assert "0.33.0" in comfy033_missing_reason(tree, python, tarball)
+    (tree / "comfyui_version.py").write_text('# generated\n__version__ = "0.33.0"\n')
+    assert comfyui_version(tree) == "0.33.0"
+    assert str(python) in comfy033_missing_reason(tree, python, tarball)  # no venv yet
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    assert ".glmimage-stamp" in comfy033_missing_reason(tree, python, tarball)  # venv install unfinished
+    (python.parent.parent / ".glmimage-stamp").write_text("1 abc")
+    assert comfy033_missing_reason(tree, python, tarball) is None

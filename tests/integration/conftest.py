@@ -1,7 +1,13 @@
-"""A real ComfyUI server for the integration tests (see tests/comfy_harness.py).
+"""A real ComfyUI server for the integration tests (see tests/comfy_harness.py), once per ComfyUI.
 
-The ComfyUI tree comes from scripts/setup_env.sh; without it these tests FAIL (they are the pack
-inside ComfyUI, the thing users run). GLMIMAGE_SKIP_COMFY=1 skips them on request."""
+Every test here runs against each ComfyUI of `comfy_targets()`: 0.3.75 (the oldest the pack
+supports, .cache/comfyui) and 0.33.0 (a 2026 release, .cache/comfyui-0.33.0 run with
+.venv-comfy033's Python); the test ids say which, e.g. `[comfyui-0.33.0]`.
+
+The 0.3.75 tree comes from scripts/setup_env.sh; without it these tests FAIL (they are the pack
+inside ComfyUI, the thing users run). ComfyUI 0.33.0 needs a source snapshot that is not on the
+package index: when setup_env.sh could not build it (no snapshot), its tests SKIP with the reason
+(`pytest -rs` shows it). GLMIMAGE_SKIP_COMFY=1 skips all of them on request."""
 
 import os
 from pathlib import Path
@@ -10,27 +16,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.comfy_harness import ComfyError, ComfyServer, comfyui_missing_reason
+from tests.comfy_harness import COMFY033_VERSION, ComfyError, ComfyServer, comfy_targets
 
 TINY_AR_NAME = "tiny-glm-image"  # an AR model alone (build_tiny_ar_model)
 FULL_MODEL_NAME = "GLM-Image"    # AR + decoder in the hub layout: the folder the example workflows name
 TEST_NODES = Path(__file__).parent / "comfy_test_nodes"  # test-only helper nodes (see its docstring)
 
+TARGETS = comfy_targets()
+
+
+@pytest.fixture(scope="session", params=TARGETS, ids=[t.name for t in TARGETS])
+def comfy_target(request):
+    """The ComfyUI (tree + Python) this run of a test is for."""
+    return request.param
+
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory):
+def comfy_server(comfy_target, tmp_path_factory):
     """A real ComfyUI (--cpu) with this pack linked into custom_nodes, a tiny GLM-Image (AR + decoder)
     in models/glm_image/GLM-Image, a tiny AR model alone in models/glm_image/tiny-glm-image, and an
-    input/example.png. Started once per session, stopped at its end."""
+    input/example.png. Started once per ComfyUI version, stopped before the next one starts."""
     if os.environ.get("GLMIMAGE_SKIP_COMFY") == "1":
         pytest.skip("GLMIMAGE_SKIP_COMFY=1: ComfyUI server tests skipped on request")
-    reason = comfyui_missing_reason()
-    if reason:
-        pytest.fail(reason, pytrace=False)
+    if comfy_target.missing:
+        if comfy_target.name == f"comfyui-{COMFY033_VERSION}":
+            pytest.skip(comfy_target.missing)
+        pytest.fail(comfy_target.missing, pytrace=False)
     from glmimage_core.demo_decoder import build_tiny_full_hub_layout
     from glmimage_core.demo_models import build_tiny_ar_model
 
-    server = ComfyServer(tmp_path_factory.mktemp("comfy"))
+    server = ComfyServer(tmp_path_factory.mktemp(comfy_target.name), comfy_dir=comfy_target.comfy_dir,
+                         python=comfy_target.python)
     (server.base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     server.add_model(FULL_MODEL_NAME, build_tiny_full_hub_layout)
     server.add_model(TINY_AR_NAME, build_tiny_ar_model)
@@ -39,6 +55,6 @@ def comfy_server(tmp_path_factory):
     try:
         server.start()
     except ComfyError as err:
-        pytest.fail(f"ComfyUI did not start: {err}", pytrace=False)
+        pytest.fail(f"ComfyUI ({comfy_target.name}, {comfy_target.python}) did not start: {err}", pytrace=False)
     yield server
     server.stop()

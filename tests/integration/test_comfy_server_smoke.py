@@ -1,14 +1,21 @@
 """The real ComfyUI server itself answers, and (once the pack exists) lists the pack's nodes."""
 
 import json
+import subprocess
 
 import pytest
 
-from tests.comfy_harness import REPO, input_specs
+from tests.comfy_harness import REPO, comfyui_version, input_specs
 from tests.integration.conftest import FULL_MODEL_NAME, TINY_AR_NAME
 
 needs_pack = pytest.mark.skipif(not (REPO / "__init__.py").is_file(),
                                 reason="the pack's __init__.py does not exist yet: no nodes to look for")
+
+
+def _torch_version(python: str) -> str:
+    """torch's version in the venv of `python` (the two ComfyUIs run on different torch releases)."""
+    return subprocess.run([python, "-c", "import torch; print(torch.version.__version__)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +23,11 @@ def object_info(comfy_server):
     return comfy_server.object_info()
 
 
-def test_server_answers_and_lists_comfyuis_own_nodes(comfy_server, object_info):
+def test_server_answers_and_lists_comfyuis_own_nodes(comfy_server, comfy_target, object_info):
     stats = comfy_server.get("/system_stats")
-    assert stats["system"]["comfyui_version"], stats
+    # The server is the ComfyUI this test id names, run by the Python of the venv made for it.
+    assert stats["system"]["comfyui_version"] == comfyui_version(comfy_target.comfy_dir), stats
+    assert stats["system"]["pytorch_version"] == _torch_version(comfy_target.python), stats
     assert [d["type"] for d in stats["devices"]] == ["cpu"], stats["devices"]  # started with --cpu
     assert "SaveImage" in object_info and "LoadImage" in object_info, sorted(object_info)[:20]
     assert object_info["SaveImage"]["output_node"] is True
