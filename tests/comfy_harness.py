@@ -99,13 +99,23 @@ class ComfyTarget:
     missing: str | None = None
 
 
+def comfy033_source_missing_reason(comfy_dir: Path = COMFY033_DIR, tarball: Path = COMFY033_TARBALL) -> str | None:
+    """Why ComfyUI 0.33.0 cannot even be set up here (no source snapshot and no tree unpacked earlier),
+    or None. scripts/run_tests.sh asks this before it starts the 0.33.0 run."""
+    if not Path(tarball).is_file() and not (Path(comfy_dir) / "main.py").is_file():
+        return (f"ComfyUI {COMFY033_VERSION} is not set up at {comfy_dir}: its source snapshot {tarball} does not "
+                f"exist (put comfyui-{COMFY033_VERSION}.tar.gz there or set GLMIMAGE_COMFY033_TARBALL, then run "
+                f"`bash scripts/setup_env.sh`)")
+    return None
+
+
 def comfy033_missing_reason(comfy_dir: Path = COMFY033_DIR, python: Path = COMFY033_PYTHON,
                             tarball: Path = COMFY033_TARBALL) -> str | None:
     """Why ComfyUI 0.33.0 cannot be tested against, or None when its tree and venv are in place."""
     where = f"ComfyUI {COMFY033_VERSION} is not set up at {comfy_dir}"
-    if not Path(tarball).is_file() and not (Path(comfy_dir) / "main.py").is_file():
-        return (f"{where}: its source snapshot {tarball} does not exist (put comfyui-{COMFY033_VERSION}.tar.gz "
-                f"there or set GLMIMAGE_COMFY033_TARBALL, then run `bash scripts/setup_env.sh`)")
+    source_missing = comfy033_source_missing_reason(comfy_dir, tarball)
+    if source_missing:
+        return source_missing
     if comfyui_version(comfy_dir) != COMFY033_VERSION:
         return f"{where} (no comfyui_version.py saying {COMFY033_VERSION}): run `bash scripts/setup_env.sh`"
     venv = Path(python).parent.parent
@@ -118,14 +128,22 @@ def comfy033_missing_reason(comfy_dir: Path = COMFY033_DIR, python: Path = COMFY
 def comfy_targets() -> list[ComfyTarget]:
     """The ComfyUIs to run the server tests on: the primary tree with this process's Python (or
     $GLMIMAGE_COMFYUI_PYTHON), then ComfyUI 0.33.0 with .venv-comfy033's Python, unless it is the same
-    tree. Targets that are not set up are listed with their reason, so the tests can say it."""
+    tree. Targets that are not set up are listed with their reason, so the tests can say it.
+
+    GLMIMAGE_COMFY033_OWN_RUN=1 leaves 0.33.0 out: scripts/run_tests.sh then tests it in a pytest run
+    of its own, on its own venv (GLMIMAGE_COMFYUI_DIR = the 0.33.0 tree, so it is the primary there).
+    GLMIMAGE_SKIP_COMFY033=1 keeps it listed but not usable, so its tests skip and say so."""
     primary_python = os.environ.get("GLMIMAGE_COMFYUI_PYTHON", sys.executable)
     version = comfyui_version(COMFYUI_DIR)
     targets = [ComfyTarget(f"comfyui-{version}" if version else "comfyui", COMFYUI_DIR, primary_python,
                            comfyui_missing_reason(COMFYUI_DIR))]
-    if COMFY033_DIR.resolve() != COMFYUI_DIR.resolve():
-        targets.append(ComfyTarget(f"comfyui-{COMFY033_VERSION}", COMFY033_DIR, str(COMFY033_PYTHON),
-                                   comfy033_missing_reason()))
+    if os.environ.get("GLMIMAGE_COMFY033_OWN_RUN") == "1" or COMFY033_DIR.resolve() == COMFYUI_DIR.resolve():
+        return targets
+    if os.environ.get("GLMIMAGE_SKIP_COMFY033") == "1":
+        missing = f"GLMIMAGE_SKIP_COMFY033=1: ComfyUI {COMFY033_VERSION} left out on request"
+    else:
+        missing = comfy033_missing_reason()
+    targets.append(ComfyTarget(f"comfyui-{COMFY033_VERSION}", COMFY033_DIR, str(COMFY033_PYTHON), missing))
     return targets
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,19 +20,36 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 INPROCESS_MARKER = "comfyui_inprocess"
 
 
+SERVER_MARKER = "comfyui_server"
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    # scripts/run_tests.sh stops its background ComfyUI 0.33.0 run with SIGTERM; as an interrupt, pytest
+    # still runs its fixtures' teardown, which stops the ComfyUI servers (they run in sessions of their
+    # own, so no signal sent to the test run reaches them).
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     config.addinivalue_line(
         "markers", f"{INPROCESS_MARKER}: the test imports ComfyUI's modules into this process (it uses the "
-                   "comfy_pack fixture); scripts/run_tests.sh runs these tests once more on ComfyUI 0.33.0")
+                   "comfy_pack fixture); scripts/run_tests.sh runs these tests on ComfyUI 0.33.0 as well")
+    config.addinivalue_line(
+        "markers", f"{SERVER_MARKER}: the test drives a real ComfyUI server (it uses the comfy_server "
+                   "fixture); scripts/run_tests.sh runs these tests on ComfyUI 0.33.0 as well")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that imports ComfyUI in-process, so the second pass of scripts/run_tests.sh (on
-    ComfyUI 0.33.0 and its venv) picks them by marker: a new test file that uses `comfy_pack` is
-    included there without anyone listing it."""
+    """Mark every test that touches ComfyUI (in-process, or through a server), so the ComfyUI 0.33.0
+    run of scripts/run_tests.sh (its own venv) picks them by marker: a new test that uses
+    `comfy_pack` or `comfy_server` is included there without anyone listing it."""
     for item in items:
-        if "comfy_pack" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "comfy_pack" in names:
             item.add_marker(INPROCESS_MARKER)
+        if "comfy_server" in names:
+            item.add_marker(SERVER_MARKER)
 
 
 @pytest.fixture(scope="session")
