@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("GLMIMAGE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
 # ComfyUI 0.33.0 (Aug 2026) and its venv, as scripts/setup_env.sh lays them out.
 COMFY033_VERSION = "0.33.0"
-COMFY033_DIR = Path(os.environ.get("GLMIMAGE_COMFY033_DIR", REPO / ".cache" / f"comfyui-{COMFY033_VERSION}"))
-COMFY033_PYTHON = Path(os.environ.get("GLMIMAGE_COMFY033_PYTHON", REPO / ".venv-comfy033" / "bin" / "python"))
+COMFY033_DIR = REPO / ".cache" / f"comfyui-{COMFY033_VERSION}"
+COMFY033_PYTHON = REPO / ".venv-comfy033" / "bin" / "python"
 COMFY033_TARBALL = Path(os.environ.get("GLMIMAGE_COMFY033_TARBALL",
                                        REPO.parent / "shared" / "vendor" / f"comfyui-{COMFY033_VERSION}.tar.gz"))
 PACK_NAME = "ComfyUI-GLM-Image"
