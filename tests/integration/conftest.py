@@ -2,7 +2,8 @@
 
 Every test here runs against each ComfyUI of `comfy_targets()`: 0.3.75 (the oldest the pack
 supports, .cache/comfyui) and 0.33.0 (a 2026 release, .cache/comfyui-0.33.0 run with
-.venv-comfy033's Python); the test ids say which, e.g. `[comfyui-0.33.0]`.
+.venv-comfy033's Python); the test ids say which, e.g. `[comfyui-0.33.0]`. (scripts/run_tests.sh
+runs the 0.33.0 ones in a pytest run of its own, on .venv-comfy033, beside the 0.3.75 run.)
 
 The 0.3.75 tree comes from scripts/setup_env.sh; without it these tests FAIL (they are the pack
 inside ComfyUI, the thing users run). ComfyUI 0.33.0 needs a source snapshot that is not on the
