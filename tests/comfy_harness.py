@@ -1,16 +1,10 @@
 """A real ComfyUI server for the tests, and saved (UI) workflows turned into API prompts.
 
-Plain library, no pytest in here. The server is a ComfyUI tree that scripts/setup_env.sh unpacks,
+Plain library, no pytest in here. The server is a ComfyUI tree that the setup scripts unpack,
 started from that tree, unchanged, with the Python of the venv made for it, as
 
     <python> main.py --cpu --listen 127.0.0.1 --port <free port> --base-directory <tmp>
                      --disable-auto-launch --disable-api-nodes --database-url sqlite:///:memory:
-
-The pack is tested against two ComfyUIs (`comfy_targets()`): the primary one, .cache/comfyui
-(0.3.75, the oldest the pack supports; or $GLMIMAGE_COMFYUI_DIR) run by this process's own Python,
-and ComfyUI 0.33.0 (2026), .cache/comfyui-0.33.0 run by .venv-comfy033's Python (torch 2.11 +
-torchaudio, which 0.33 imports). Each server gets its Python explicitly, so a test process on one
-venv can drive a server on another.
 
 so that everything it writes (models, input, output, temp, user, custom_nodes) lives in a fresh
 temporary base directory, into which this repo is linked as custom_nodes/ComfyUI-GLM-Image.
@@ -21,6 +15,12 @@ temporary base directory, into which this repo is linked as custom_nodes/ComfyUI
     prompt = workflow_to_api_prompt(saved_workflow, server.object_info())
     entry = server.run(prompt)                       # queue_prompt + wait_for: the history entry
     server.stop()
+
+The pack is tested against two ComfyUIs (`comfy_targets()`): the primary one, .cache/comfyui
+(0.3.75, the oldest the pack supports; or $GLMIMAGE_COMFYUI_DIR) run by this process's own Python,
+and ComfyUI 0.33.0 (2026), .cache/comfyui-0.33.0 run by .venv-comfy033's Python (torch 2.11 +
+torchaudio, which 0.33 imports). Each server gets its Python explicitly, so a test process on one
+venv can drive a server on another.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("GLMIMAGE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
-# ComfyUI 0.33.0 (Aug 2026) and its venv, as scripts/setup_env.sh lays them out.
+# ComfyUI 0.33.0 (Aug 2026) and its venv, as scripts/setup_comfy033.sh lays them out.
 COMFY033_VERSION = "0.33.0"
 COMFY033_DIR = REPO / ".cache" / f"comfyui-{COMFY033_VERSION}"
 COMFY033_PYTHON = REPO / ".venv-comfy033" / "bin" / "python"
