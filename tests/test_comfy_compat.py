@@ -1,8 +1,8 @@
 """Which ComfyUI this process runs against, and the API the pack takes from it.
 
 scripts/run_tests.sh runs these twice: with .venv on ComfyUI 0.3.75 and with .venv-comfy033 on
-ComfyUI 0.33.0 (GLMIMAGE_COMFYUI_DIR). The first test makes sure the second pass really imported
-0.33.0 and not some other tree on sys.path, so a pass that says "0.33.0" has tested 0.33.0."""
+ComfyUI 0.33.0 (GLMIMAGE_COMFYUI_DIR). The first test makes sure the 0.33.0 run really imported
+0.33.0 and not some other tree on sys.path, so a run that says "0.33.0" has tested 0.33.0."""
 
 import sys
 from pathlib import Path
