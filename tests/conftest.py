@@ -18,8 +18,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 INPROCESS_MARKER = "comfyui_inprocess"
-
-
 SERVER_MARKER = "comfyui_server"
 
 

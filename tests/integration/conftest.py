@@ -7,7 +7,7 @@ runs the 0.33.0 ones in a pytest run of its own, on .venv-comfy033, beside the 0
 
 The 0.3.75 tree comes from scripts/setup_env.sh; without it these tests FAIL (they are the pack
 inside ComfyUI, the thing users run). ComfyUI 0.33.0 needs a source snapshot that is not on the
-package index: when setup_env.sh could not build it (no snapshot), its tests SKIP with the reason
+package index: when it could not be set up (no snapshot), its tests SKIP with the reason
 (`pytest -rs` shows it). GLMIMAGE_SKIP_COMFY=1 skips all of them on request."""
 
 import os
