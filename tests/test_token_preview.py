@@ -163,6 +163,7 @@ def test_every_report_carries_a_picture_of_the_first_sample(ar, recorded, monkey
 
 def test_cancel_is_checked_at_every_token_even_between_reports(ar, comfy_pack, monkeypatch):
     import comfy.model_management as mm
+    import comfy.ops
     import comfy.utils
 
     monkeypatch.setattr(generation, "REPORT_INTERVAL_S", 3600.0)  # only the first token is reported
@@ -183,7 +184,11 @@ def test_cancel_is_checked_at_every_token_even_between_reports(ar, comfy_pack, m
         comfy.utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)
     assert seen == [1]
-    assert len(forwards) == 2  # token 1 (prompt pass), token 2, then the check stopped it
+    # Token 1 (prompt pass), token 2, then the per-token check stops it. A model loaded inside ComfyUI
+    # has ComfyUI's cast layers, whose every forward checks cancel too (comfy.ops.run_every_op, 0.3.75 and
+    # 0.33): there token 2's forward is cut short and never completes.
+    cast = any(isinstance(m, comfy.ops.CastWeightBiasOp) for m in ar.model.modules())
+    assert len(forwards) == (1 if cast else 2), (cast, len(forwards))
     assert not ar.lock.locked()  # the model is free again and samples as before
     assert generate_tokens(ar, prepare_inputs(ar.processor, "x <sop>1 1<eop>"), seed=0).sequences.numel() > 0
 
