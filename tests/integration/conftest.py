@@ -54,7 +54,9 @@ def comfy_server(comfy_target, tmp_path_factory):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(server.input_dir / "example.png")
     try:
-        server.start()
+        # Latent previews as a user who turned them on sees them (ComfyUI's default is none); the token
+        # preview of the generate node does not depend on it. test_native_server.py relies on this.
+        server.start(extra_args=["--preview-method", "latent2rgb"])
     except ComfyError as err:
         pytest.fail(f"ComfyUI ({comfy_target.name}, {comfy_target.python}) did not start: {err}", pytrace=False)
     yield server
