@@ -35,15 +35,18 @@ class WF:
         path.write_text(json.dumps(data, indent=2) + "\n")
 
 AR = ("ar_model", "GLMIMAGE_AR")
-SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width_px", "INT"), ("height_px", "INT"), ("grid_h", "INT"),
-             ("grid_w", "INT"), ("preview_h", "INT"), ("preview_w", "INT"), ("tokens_t2i", "INT"), ("tokens_i2i", "INT")]
+# Outputs are saved under their display names, as the editor itself saves them (it renames them on load).
+AR_OUT = ("AR model", "GLMIMAGE_AR")
+SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width (px)", "INT"), ("height (px)", "INT"), ("grid height", "INT"),
+             ("grid width", "INT"), ("preview height", "INT"), ("preview width", "INT"), ("t2i token count", "INT"),
+             ("i2i token count", "INT")]
 DECODE = "--decode" in sys.argv
 PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")]
 
 
 def ar_loader(w):
     return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none", "default"],
-                  outputs=[AR, ("memory", "STRING")], size=(320, 160))
+                  outputs=[AR_OUT, ("memory", "STRING")], size=(320, 160))
 
 
 def prompt_node(w, ar, text):
@@ -62,10 +65,10 @@ def chain(w, ar, prompt_node, x, y, seed, name):
                    title="GLM-Image notes")
     w.link(gen, 1, notes, "source")
     ext = w.node("GLMImageExtractTokens", (x + 360, y), [], inputs=[("tokens", "GLMIMAGE_TOKENS")],
-                 outputs=[("prior", "GLMIMAGE_PRIOR"), ("count", "INT")], size=(280, 80))
+                 outputs=[("prior", "GLMIMAGE_PRIOR"), ("token count", "INT")], size=(280, 80))
     w.link(gen, 0, ext, "tokens")
     prev = w.node("GLMImagePreviewTokens", (x + 360, y + 140), [8], inputs=[("prior", "GLMIMAGE_PRIOR")],
-                  outputs=[("image", "IMAGE")], size=(280, 80))
+                  outputs=[("IMAGE", "IMAGE")], size=(280, 80))
     w.link(ext, 0, prev, "prior")
     save = w.node("SaveImage", (x + 680, y + 140), [f"{name}_tokens_preview"], inputs=[("images", "IMAGE")],
                   size=(300, 300))
@@ -77,7 +80,7 @@ def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
                 outputs=[("decoder", "GLMIMAGE_DECODER"), ("memory", "STRING")], size=(320, 160))
     dec = w.node("GLMImageDecode", (x + 360, y), ["", 50, 1.5, seed, "fixed"],
                  inputs=[("decoder", "GLMIMAGE_DECODER"), ("prior", "GLMIMAGE_PRIOR"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
-                 outputs=[("image", "IMAGE")], size=(320, 250))
+                 outputs=[("IMAGE", "IMAGE")], size=(320, 250))
     w.link(dl, 0, dec, "decoder")
     w.link(ext, 0, dec, "prior")
     if images is not None:
