@@ -41,12 +41,16 @@ SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width (px)", "INT"), ("height (px)",
              ("grid width", "INT"), ("preview height", "INT"), ("preview width", "INT"), ("t2i token count", "INT"),
              ("i2i token count", "INT")]
 DECODE = "--decode" in sys.argv
+# Sizes as the editor draws these nodes (ComfyUI 0.3.75's editor; scripts/editor_screenshots.py reports any
+# overlap). Below the first row: room for generate's live preview, which makes that node taller.
+SIDE_Y = 260   # under the AR loader (about 200 tall)
+ROW2_Y = 560
 PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")]
 
 
 def ar_loader(w):
     return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none", "default"],
-                  outputs=[AR_OUT, ("memory", "STRING")], size=(320, 160))
+                  outputs=[AR_OUT, ("memory", "STRING")], size=(320, 200))
 
 
 def prompt_node(w, ar, text):
@@ -58,7 +62,7 @@ def prompt_node(w, ar, text):
 def chain(w, ar, prompt_node, x, y, seed, name):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
                  inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
-                 outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 230))
+                 outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 300))
     w.link(ar, 0, gen, "ar_model")
     w.link(prompt_node, 0, gen, "inputs")
     notes = w.node("PreviewAny", (x + 360, y + 260), [], inputs=[("source", "*")], size=(280, 150),
@@ -77,7 +81,7 @@ def chain(w, ar, prompt_node, x, y, seed, name):
 
 def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
     dl = w.node("GLMImageDecoderLoader", (x, y), ["GLM-Image", "auto", "auto", "default", 0.0],
-                outputs=[("decoder", "GLMIMAGE_DECODER"), ("memory", "STRING")], size=(320, 160))
+                outputs=[("decoder", "GLMIMAGE_DECODER"), ("memory", "STRING")], size=(320, 180))
     dec = w.node("GLMImageDecode", (x + 360, y), ["", 50, 1.5, seed, "fixed"],
                  inputs=[("decoder", "GLMIMAGE_DECODER"), ("prior", "GLMIMAGE_PRIOR"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                  outputs=[("IMAGE", "IMAGE")], size=(320, 250))
@@ -92,35 +96,35 @@ out = Path(sys.argv[1])
 # text to image
 w = WF()
 ar = ar_loader(w)
-shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
-               size=(320, 260))
+shape = w.node("GLMImageShape", (0, SIDE_Y), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+               size=(320, 340))
 prompt_text = 'A cosy reading nook by a rainy window, warm lamp light, a mug that says "GLM"'
 prompt = prompt_node(w, ar, prompt_text)
 w.link(shape, 0, prompt, "shape")
 ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i")
 if DECODE:
-    decoder(w, ext, prompt_text, 780, 480, "glm_image_t2i", seed=42)
+    decoder(w, ext, prompt_text, 780, ROW2_Y, "glm_image_t2i", seed=42)
 w.dump(out / "glm_image_text_to_image.json")
 
 # image to image
 w = WF()
 ar = ar_loader(w)
-load = w.node("LoadImage", (0, 180), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
-              size=(320, 320))
+load = w.node("LoadImage", (0, SIDE_Y), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+              size=(320, 330))
 edit = "Turn it into a watercolour painting and add a small red boat"
 prompt = prompt_node(w, ar, edit)
 w.link(load, 0, prompt, "image")
 ext = chain(w, ar, prompt, 780, 0, 7, "glm_image_i2i")
 if DECODE:
-    decoder(w, ext, edit, 780, 480, "glm_image_i2i", images=load, seed=7)
+    decoder(w, ext, edit, 780, ROW2_Y, "glm_image_i2i", images=load, seed=7)
 w.dump(out / "glm_image_image_to_image.json")
 
 if DECODE:
     # sample once, save, load, decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, 180), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
-                   size=(320, 260))
+    shape = w.node("GLMImageShape", (0, SIDE_Y), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
+                   size=(320, 340))
     text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
@@ -134,25 +138,25 @@ if DECODE:
     loadt = w.node("GLMImageLoadTokens", (1800, 160), ["(no token files yet)"],
                    inputs=[("file", "STRING")], outputs=[("prior", "GLMIMAGE_PRIOR")], size=(300, 90))
     w.link(save, 0, loadt, "file")
-    decoder(w, loadt, text, 780, 480, "glm_image_roundtrip", seed=5)
+    decoder(w, loadt, text, 780, ROW2_Y, "glm_image_roundtrip", seed=5)
     w.dump(out / "glm_image_tokens_roundtrip.json")
 
     # the DiT as a native MODEL: tokens -> conditioning -> KSampler -> VAE Decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, 180), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
-                   size=(320, 260))
+    shape = w.node("GLMImageShape", (0, SIDE_Y), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+                   size=(320, 340))
     text = 'A street cafe at night, a neon sign that says "KSampler"'
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
     ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
-    dit = w.node("GLMImageDiTLoader", (0, 520), ["GLM-Image", "default", 0.0, "auto", "auto"],
-                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 160))
-    glyph = w.node("GLMImageGlyphEncoderLoader", (0, 720), ["GLM-Image", "auto", "auto"],
+    dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 390), ["GLM-Image", "default", 0.0, "auto", "auto"],
+                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 180))
+    glyph = w.node("GLMImageGlyphEncoderLoader", (0, SIDE_Y + 620), ["GLM-Image", "auto", "auto"],
                    outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
-    vae = w.node("GLMImageVAELoader", (0, 870), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
+    vae = w.node("GLMImageVAELoader", (0, SIDE_Y + 780), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
                  size=(320, 110))
-    cond = w.node("GLMImageConditioning", (780, 520), [""],
+    cond = w.node("GLMImageConditioning", (780, ROW2_Y), [""],
                   inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
                           ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                   outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -160,17 +164,17 @@ if DECODE:
     w.link(dit, 0, cond, "model")
     w.link(glyph, 0, cond, "glyph_encoder")
     w.link(ext, 0, cond, "prior")
-    ks = w.node("KSampler", (1140, 520), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
+    ks = w.node("KSampler", (1140, ROW2_Y), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                         ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
     for slot, name in enumerate(("model", "positive", "negative")):
         w.link(cond, slot, ks, name)
     w.link(cond, 3, ks, "latent_image")
-    dec = w.node("VAEDecode", (1500, 520), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+    dec = w.node("VAEDecode", (1500, ROW2_Y), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
                  outputs=[("IMAGE", "IMAGE")], size=(220, 60))
     w.link(ks, 0, dec, "samples")
     w.link(vae, 0, dec, "vae")
-    save = w.node("SaveImage", (1760, 520), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
+    save = w.node("SaveImage", (1760, ROW2_Y), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
     w.link(dec, 0, save, "images")
     w.dump(out / "glm_image_ksampler.json")
 print("written")
