@@ -116,7 +116,8 @@ def load(page, workflow: dict) -> None:
 
 
 def check_loaded(page, workflow: dict, name: str) -> list[str]:
-    """What the editor did not take as saved: unknown node types, widget values that changed."""
+    """What the editor did not take as saved: unknown node types (drawn red as missing), widget values
+    that changed, nodes that overlap at the sizes the editor gives them, its missing-node/model warnings."""
     problems = []
     graph = page.evaluate("""() => ({
         unknown: window.app.graph._nodes.filter(n => !window.LiteGraph.registered_node_types[n.type])
