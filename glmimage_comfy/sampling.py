@@ -44,6 +44,31 @@ def decode_tiled_if_needed(vae, samples: torch.Tensor) -> torch.Tensor:
     return vae.decode(samples)
 
 
+def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> str | None:
+    """On a GPU: what this decode needs (the note the node shows); refuses what cannot run even streamed."""
+    from ..glmimage_core.errors import GlmImageInputError
+
+    dit = bundle.dit
+    if dit.device.type == "cpu":
+        return None
+    rows = prior.batch_size * (2 if guidance > 1.0 else 1)
+    scale = dit.vae_scale_factor
+    working = vram_plan.dit_step_bytes(dit.transformer.config, prior.height // scale, prior.width // scale, rows,
+                                       act_bytes=dit.dtype.itemsize)
+    weights = vram_plan.resident_bytes(dit.inventory, vram_plan.WeightOption(dit.weight_dtype))
+    shape = f"{prior.width}x{prior.height} px" + (f", {prior.batch_size} pictures" if prior.batch_size > 1 else "")
+    patcher = getattr(dit, "_glmimage_native", None)
+    free = comfy.model_management.get_free_memory(dit.device) + (patcher.loaded_size() if patcher else 0)
+    refused = vram_plan.streaming_message("GLM-Image's DiT", vram_plan.largest_layer_bytes(dit.transformer),
+                                          working, free, shape)
+    if refused:
+        raise GlmImageInputError(refused)
+    vae_bytes = vram_plan.vae_decode_bytes(bundle.vae.config, prior.height // scale, prior.width // scale)
+    streamed = " (the rest streams from RAM each step)" if weights + working > free else ""
+    return (f"VRAM for this decode at {shape}: DiT {vram_plan.gb(weights)} weights + {vram_plan.gb(working)} per "
+            f"step{streamed}; VAE decode {vram_plan.gb(vae_bytes)} (tiled if short).")
+
+
 def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None, steps: int, guidance: float,
                       seed: int, source_images: list[torch.Tensor] | None = None, max_resident: int | None = None):
     """[N, H, W, 3] pixels: conditioning -> ComfyUI sampler (euler, GLM schedule) -> ComfyUI VAE decode."""

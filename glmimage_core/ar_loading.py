@@ -247,6 +247,15 @@ def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device,
                                  f"({err}); download it again") from err
     except OSError as err:
         raise GlmImageInputError(f"could not load the AR model from {layout.model_dir!r}: {err}") from err
+    return prepare_ar_model(model, processor, path, dtype, device, attention, quantization, weight_dtype)
+
+
+def prepare_ar_model(model: torch.nn.Module, processor, path: str, dtype: torch.dtype, device: torch.device,
+                     attention: str = "sdpa", quantization: str = "none", weight_dtype: str = "default") -> ARModel:
+    """A loaded GlmImageForConditionalGeneration made ready for the pack: eval, counted for the VRAM plan, and
+    inside ComfyUI given cast layers (fp8 with `weight_dtype`) and its text embedding table kept in RAM.
+
+    Separate from loading so that benchmarks can prepare models built in place with random weights."""
     model.eval().requires_grad_(False)
     # Counted before any change: the plan prices every option from the same parameter counts.
     inventory = vram_plan.inventory(model, vram_plan.classify_ar, dtype, host=vram_plan.AR_HOST_EMBEDDINGS)
@@ -254,11 +263,11 @@ def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device,
     pinned: list[str] = []
     if ops is not None:
         keep_embeddings_on_host(model, list(vram_plan.AR_HOST_EMBEDDINGS))
-        if quant_config is None:  # bitsandbytes layers are neither castable nor movable
+        if quantization == "none":  # bitsandbytes layers are neither castable nor movable
             make_castable(model, ops, resolve_weight_dtype(weight_dtype),
                           keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP))
             pinned = _pinned_modules(model)
-    if quant_config is None:  # quantized weights are placed by from_pretrained and cannot move
+    if quantization == "none":  # quantized weights are placed by from_pretrained and cannot move
         # Inside ComfyUI its model manager moves the model to the GPU when a run needs it.
         model.to(offload_device() if ops is not None else device)
     return ARModel(model=model, processor=processor, path=path, dtype=dtype, device=device, attention=attention,

@@ -447,12 +447,11 @@ def _prepare(module: torch.nn.Module, device: torch.device, fp8_dtype: torch.dty
 
 
 def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weight_dtype: str) -> DiTModel:
-    fp8 = resolve_weight_dtype(weight_dtype)
-    if fp8 is not None and comfy_ops() is None:
+    if resolve_weight_dtype(weight_dtype) is not None and comfy_ops() is None:
         raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
                                  "ComfyUI only; choose weight_dtype default here")
     vae_config = _read_config(folders.vae, "vae")
-    stats = latent_stats_of(vae_config, str(folders.vae))
+    latent_stats_of(vae_config, str(folders.vae))  # not GLM-Image's VAE: say so before loading 13 GB
     scheduler_config = _read_config(folders.scheduler, "scheduler")
 
     def load() -> DiTModel:
@@ -460,15 +459,24 @@ def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weig
 
         dit = _guarded("transformer", folders.transformer, lambda: GlmImageTransformer2DModel.from_pretrained(
             folders.transformer, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
-        inventory = vram_plan.inventory(dit, vram_plan.classify_dit, dtype)
-        _prepare(dit, device, fp8, lambda name: vram_plan.name_matches(name, vram_plan.DIT_FP8_KEEP))
-        return DiTModel(transformer=dit, path=str(folders.transformer), dtype=dtype, device=device,
-                        scheduler_config=scheduler_config, latent_stats=stats,
-                        vae_scale_factor=2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1),
-                        weight_dtype=weight_dtype, inventory=inventory)
+        return prepare_dit(dit, str(folders.transformer), dtype, device, scheduler_config, vae_config, weight_dtype)
 
     return _part("transformer", folders.transformer, (dtype, str(device), weight_dtype, str(folders.vae),
                                                       str(folders.scheduler)), load)
+
+
+def prepare_dit(dit: torch.nn.Module, path: str, dtype: torch.dtype, device: torch.device, scheduler_config: dict,
+                vae_config, weight_dtype: str = "default") -> DiTModel:
+    """A loaded GlmImageTransformer2DModel made ready for the pack (eval, counted, ComfyUI cast layers / fp8).
+
+    Separate from loading so that benchmarks can prepare DiTs built in place with random weights."""
+    inventory = vram_plan.inventory(dit, vram_plan.classify_dit, dtype)
+    _prepare(dit, device, resolve_weight_dtype(weight_dtype),
+             lambda name: vram_plan.name_matches(name, vram_plan.DIT_FP8_KEEP))
+    return DiTModel(transformer=dit, path=path, dtype=dtype, device=device, scheduler_config=dict(scheduler_config),
+                    latent_stats=latent_stats_of(vae_config, path),
+                    vae_scale_factor=2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1),
+                    weight_dtype=weight_dtype, inventory=inventory)
 
 
 def _vae(folder: Path, dtype: torch.dtype, device: torch.device) -> VAEModel:

@@ -56,6 +56,24 @@ def _build_tokenizer(codebook: int):
     return tokenizer
 
 
+def build_processor(codebook: int = TINY_CODEBOOK, max_side: int = 512):
+    """A `GlmImageProcessor` whose vocabulary starts with `codebook + 2` image ids, as the real one does.
+
+    The image processor has the real patching (16 px, merge 1); `max_side`
+    bounds source images (512 px keeps tests fast; the real model takes 2048)."""
+    from transformers import GlmImageProcessor
+    from transformers.models.glm_image.image_processing_pil_glm_image import GlmImageImageProcessorPil
+
+    tokenizer = _build_tokenizer(codebook)
+    image_processor = GlmImageImageProcessorPil(
+        patch_size=16, merge_size=1, temporal_patch_size=1,
+        size={"shortest_edge": 64 * 64, "longest_edge": max_side * max_side},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    template = _CHAT_TEMPLATE.replace("BOS", str(codebook)).replace("EOS", str(codebook + 1))
+    return GlmImageProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
 def build_tiny_ar_model(out_dir: str | Path, seed: int = 0, codebook: int = TINY_CODEBOOK,
                         well_behaved: bool = True) -> Path:
     """Write a tiny `GlmImageForConditionalGeneration` + processor to `out_dir`.
@@ -66,20 +84,12 @@ def build_tiny_ar_model(out_dir: str | Path, seed: int = 0, codebook: int = TINY
     the demo could never show a full grid. Tests that need early EOS build a
     model with `well_behaved=False`.
     """
-    from transformers import (GenerationConfig, GlmImageConfig, GlmImageForConditionalGeneration,
-                              GlmImageProcessor)
-    from transformers.models.glm_image.image_processing_pil_glm_image import GlmImageImageProcessorPil
+    from transformers import GenerationConfig, GlmImageConfig, GlmImageForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(codebook)
-    image_processor = GlmImageImageProcessorPil(
-        patch_size=16, merge_size=1, temporal_patch_size=1,
-        size={"shortest_edge": 64 * 64, "longest_edge": 512 * 512},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )
-    template = _CHAT_TEMPLATE.replace("BOS", str(codebook)).replace("EOS", str(codebook + 1))
-    processor = GlmImageProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    processor = build_processor(codebook)
+    tokenizer = processor.tokenizer
 
     vision_hidden = 32
     config = GlmImageConfig(

@@ -58,6 +58,8 @@ class Residency:
     message: Callable[[int], str] | None = None
     max_resident: int | None = None
     pinned: list[str] = field(default_factory=list)
+    #: When streaming is allowed: why even streaming cannot run with `free` bytes, or None (see vram_plan).
+    streaming_message: Callable[[int], str | None] | None = None
 
 
 def _patcher(owner: object, module: torch.nn.Module, device: torch.device):
@@ -107,11 +109,15 @@ def ensure_on_device(owner: object, module: torch.nn.Module, device: torch.devic
             module.to(device)
         return
     patcher = _patcher(owner, module, device)
-    if device.type != "cpu" and residency.must_fit:
+    if device.type != "cpu" and (residency.must_fit or residency.streaming_message is not None):
+        reserve = int(mm.extra_reserved_memory())
         needed = patcher.model_size() + residency.memory_required
-        free = _free_for(mm, patcher, device, needed + int(mm.extra_reserved_memory()))
-        if free < needed + int(mm.extra_reserved_memory()) and residency.message is not None:
+        free = _free_for(mm, patcher, device, needed + reserve)
+        if residency.must_fit and free < needed + reserve and residency.message is not None:
             raise NotEnoughVRAM(residency.message(free))
+        refused = residency.streaming_message(free - reserve) if residency.streaming_message else None
+        if refused:
+            raise NotEnoughVRAM(refused)
     mm.load_models_gpu([patcher], memory_required=residency.memory_required)
     limit_resident(patcher, residency.max_resident)
     if patcher.loaded_size() < patcher.model_size():

@@ -48,7 +48,10 @@ def ar_residency(ar: ARModel, inputs: GlmImageInputs, images: int, allow_streami
     def message(free: int) -> str:
         return vram_plan.plan_message("the AR model", chosen, free, needs, shape, STREAMING_HINT)
 
-    return Residency(memory_required=working, must_fit=not allow_streaming, message=message, pinned=ar.pinned)
+    largest = vram_plan.largest_layer_bytes(ar.model)
+    return Residency(memory_required=working, must_fit=not allow_streaming, message=message, pinned=ar.pinned,
+                     streaming_message=lambda free: vram_plan.streaming_message("the AR model", largest, working,
+                                                                                free, shape))
 
 
 @contextmanager

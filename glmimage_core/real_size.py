@@ -84,3 +84,35 @@ def build_dit(layers: int = 30, dtype: torch.dtype = torch.bfloat16, device: tor
     finally:
         torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)
+
+
+def build_ar_with_processor(layers: int = 40, vision_depth: int = 40, dtype: torch.dtype = torch.bfloat16,
+                            device: torch.device | str = "cpu", seed: int = 0):
+    """(model, processor): the real-size AR model and a processor whose image ids are the real ones.
+
+    The processor's vocabulary is the demo one (16386 image ids, then characters
+    and GLM-Image's special tokens), so prompts tokenise into ids the model has;
+    the embedding table keeps the real 168064 rows.
+    """
+    from transformers import GenerationConfig
+
+    from .demo_models import build_processor
+
+    processor = build_processor(CODEBOOK, max_side=2048)
+    tokenizer = processor.tokenizer
+    config = ar_config(layers, vision_depth)
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<|image|>")
+    from transformers import GlmImageForConditionalGeneration
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = GlmImageForConditionalGeneration._from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    if torch.device(device).type != "meta":
+        with torch.no_grad():
+            model.lm_head.weight[CODEBOOK:] = 0
+            model.lm_head.weight[:CODEBOOK] *= 10
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.9, top_p=0.75, eos_token_id=IMAGE_END,
+                                               pad_token_id=tokenizer.pad_token_id, bos_token_id=IMAGE_START)
+    return model, processor

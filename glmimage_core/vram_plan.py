@@ -220,6 +220,25 @@ class Need:
         return self.weights + self.working
 
 
+def largest_layer_bytes(module: torch.nn.Module) -> int:
+    """The biggest single weight-holding leaf: what streaming must hold on the device at once."""
+    best = 0
+    for sub in module.modules():
+        own = sum(p.numel() * p.element_size() for p in sub.parameters(recurse=False))
+        best = max(best, own)
+    return best
+
+
+def streaming_message(model_name: str, largest_layer: int, working: int, free: int, shape: str) -> str | None:
+    """None when streaming can run; else why not even streaming fits, and what would help."""
+    need = largest_layer + working
+    if need <= free:
+        return None
+    return (f"{model_name} cannot run even with its layers streamed at {shape}: one layer ({gb(largest_layer)}) "
+            f"plus working memory ({gb(working)}) need ~{gb(need)}, {gb(free)} free: use a smaller picture, "
+            "fewer pictures at once, weight_dtype fp8_e4m3fn, or free VRAM (close other programs)")
+
+
 def plan_message(model_name: str, chosen: Need, free: int, alternatives: list[Need], shape: str,
                  streaming: str) -> str:
     """The sentence a user reads when `chosen` does not fit in `free` bytes: which option would."""

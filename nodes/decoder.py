@@ -1,4 +1,4 @@
-from ..glmimage_comfy.sampling import decode_with_comfy, describe_decoder
+from ..glmimage_comfy.sampling import decode_vram, decode_with_comfy, describe_decoder
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.decoding import MAX_STEPS
@@ -6,6 +6,7 @@ from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
 from .api import ADVANCED, io
 from .loader import model_choices, require_model
+from .messages import show_message
 from .native import VRAM_LIMIT_TOOLTIP, WEIGHT_DTYPE_TOOLTIP, vram_limit_bytes
 from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
 
@@ -46,7 +47,7 @@ class GLMImageDecoderLoader(io.ComfyNode):
                                               weight_dtype=weight_dtype)
         bundle.vram_limit = vram_limit_bytes(vram_limit_gb)
         memory = describe_decoder(bundle)
-        print(f"[GLM-Image] {memory}")
+        show_message(memory)
         return io.NodeOutput(bundle, memory)
 
 
@@ -89,6 +90,9 @@ class GLMImageDecode(io.ComfyNode):
             sources += split_batch(source_image, "source_image")
         if source_image_2 is not None:
             sources += split_batch(source_image_2, "source_image_2")
+        note = decode_vram(decoder, prior, guidance)
+        if note:
+            show_message(note)
         pixels = decode_with_comfy(decoder, prior, prompt.strip() or None, steps, guidance, seed, sources or None,
                                    decoder.vram_limit)
         return io.NodeOutput(pixels)

@@ -1,8 +1,9 @@
 from ..glmimage_core import ar_loading, vram_plan
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
-from .api import ADVANCED, io
 from ..glmimage_core.model_folders import list_model_folders
+from .api import ADVANCED, io
+from .messages import show_message
 from .sockets import CATEGORY, GlmImageAR
 
 NO_MODELS = "(no models in models/glm_image)"
@@ -67,7 +68,7 @@ class GLMImageARLoader(io.ComfyNode):
         memory = vram_plan.describe_weights("GLM-Image AR model", ar.inventory,
                                             vram_plan.WeightOption(weight_dtype, quantization), vram_plan.AR_OPTIONS,
                                             ar.dtype, host_on_device=not ar.embeddings_on_host)
-        print(f"[GLM-Image] {memory}")
+        show_message(memory)
         return io.NodeOutput(ar, memory)
 
 

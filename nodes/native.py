@@ -10,6 +10,7 @@ from ..glmimage_comfy.sampling import glm_sigmas
 from ..glmimage_comfy.vae import comfy_vae, preview_factors
 from .api import ADVANCED, io
 from .loader import model_choices, require_model
+from .messages import show_message
 from .sockets import CATEGORY, GlmImageGlyph, GlmImagePrior
 
 MODEL_TOOLTIP = ("A folder under models/glm_image/ in the hub layout of zai-org/GLM-Image (transformer/, vae/, "
@@ -69,7 +70,7 @@ class GLMImageDiTLoader(io.ComfyNode):
         patcher = native_model(dit, lambda: preview_factors(vae_model()), vram_limit_bytes(vram_limit_gb))
         memory = vram_plan.describe_weights("GLM-Image DiT", dit.inventory, vram_plan.WeightOption(weight_dtype),
                                             vram_plan.DIT_OPTIONS, dit.dtype)
-        print(f"[GLM-Image] {memory}")
+        show_message(memory)
         return io.NodeOutput(patcher, memory)
 
 

@@ -13,7 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 TYPE_COLOURS = {"IMAGE": (100, 181, 246), "INT": (160, 220, 120), "STRING": (220, 200, 120),
                 "GLMIMAGE_AR": (230, 120, 180), "GLMIMAGE_INPUTS": (250, 160, 80), "GLMIMAGE_TOKENS": (170, 130, 250),
-                "GLMIMAGE_PRIOR": (90, 210, 200), "GLMIMAGE_SHAPE": (240, 220, 90), "GLMIMAGE_DECODER": (250, 110, 110)}
+                "GLMIMAGE_PRIOR": (90, 210, 200), "GLMIMAGE_SHAPE": (240, 220, 90), "GLMIMAGE_DECODER": (250, 110, 110),
+                "MODEL": (180, 160, 255), "CONDITIONING": (255, 200, 120), "LATENT": (255, 140, 200),
+                "VAE": (255, 100, 100), "GLMIMAGE_GLYPH": (140, 200, 255)}
 ROW = 20
 TITLE = 26
 

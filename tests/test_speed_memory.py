@@ -92,14 +92,14 @@ def test_compiled_decode_step_is_one_graph_and_gives_the_standard_tokens(tiny_ar
 
 def test_static_cache_in_bf16_samples_the_same_distribution(tiny_ar_dir):
     """In bf16 the static cache (what speed=compiled decodes with) rounds attention differently from the
-    dynamic cache, so runs drift apart after a while: not the same tokens, but the same distribution. Over six
-    seeds: the first tokens agree, and the histograms of all sampled ids are within a total-variation distance
-    of 0.25 (two independent seed sets of the standard path are about as far apart as that)."""
+    dynamic cache, so runs drift apart after a while: not the same tokens, but the same distribution. Over eight
+    seeds of an image-to-image grid (no preview grid: 65 tokens a run): the first tokens agree, and the
+    histograms of all sampled ids are within a total-variation distance of 0.25."""
     ar = ar_loading.load_ar_model(str(tiny_ar_dir), dtype="bf16", device="cpu")
-    inputs = prepare_inputs(ar.processor, "a red fox <sop>4 4<eop>")
-    standard = torch.cat([generate_tokens(ar, inputs, seed=s).sequences for s in range(6)])
-    static = torch.cat([generate_tokens(ar, inputs, seed=s, speed="static").sequences for s in range(6)])
-    assert (standard[:, :8] == static[:, :8]).float().mean() >= 0.9
+    inputs = prepare_inputs(ar.processor, "make it red <sop>8 8<eop>", images=[torch.rand(64, 64, 3)])
+    standard = torch.cat([generate_tokens(ar, inputs, seed=s).sequences for s in range(8)])
+    static = torch.cat([generate_tokens(ar, inputs, seed=s, speed="static").sequences for s in range(8)])
+    assert (standard[:, :4] == static[:, :4]).float().mean() >= 0.9
     codebook = ar.codebook_size + 2
     p = torch.bincount(standard.flatten(), minlength=codebook).float() / standard.numel()
     q = torch.bincount(static.flatten(), minlength=codebook).float() / static.numel()

@@ -79,14 +79,14 @@ def test_partial_load_gives_exactly_the_tokens_of_a_full_load(comfy_ar):
 
 def test_comfyui_accounting_matches_the_reported_bytes(comfy_pack, tiny_ar_dir):
     for weight_dtype in ("default", "fp8_e4m3fn"):
-        ar = load_ar_model(str(tiny_ar_dir), dtype="bf16", device="cpu", weight_dtype=weight_dtype)
+        ar = load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", weight_dtype=weight_dtype)
         generate_tokens(ar, prepare_inputs(ar.processor, "x <sop>2 2<eop>"), seed=0)
         patcher = memory.patcher_of(ar)
         reported = vram_plan.resident_bytes(ar.inventory, vram_plan.WeightOption(weight_dtype))
         assert patcher.model_size() == reported == patcher.loaded_size(), weight_dtype
-    assert ar.model.lm_head.weight.dtype == torch.bfloat16  # the output head keeps its dtype
+    assert ar.model.lm_head.weight.dtype == torch.float32  # the output head keeps its dtype
     assert ar.model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
-    assert ar.model.model.vqmodel.quantize.embedding.weight.dtype == torch.bfloat16
+    assert ar.model.model.vqmodel.quantize.embedding.weight.dtype == torch.float32
 
 
 def _dequantized(model: torch.nn.Module, fp8: torch.dtype, keep: tuple[str, ...]) -> torch.nn.Module:
@@ -129,18 +129,24 @@ def test_fp8_ar_logits_stay_within_the_stated_tolerance_of_bf16(comfy_pack, real
     assert error < FP8_TOLERANCE["ar"][weight_dtype], error
 
 
+@pytest.fixture(scope="module")
+def real_size_dit():
+    return real_size.build_dit(layers=1)
+
+
 @pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp8_e5m2"])
-def test_fp8_dit_noise_prediction_stays_within_the_stated_tolerance_of_bf16(comfy_pack, weight_dtype):
+def test_fp8_dit_noise_prediction_stays_within_the_stated_tolerance_of_bf16(comfy_pack, real_size_dit,
+                                                                            weight_dtype):
     import comfy.ops
 
     fp8 = resolve_weight_dtype(weight_dtype)
-    dit = real_size.build_dit(layers=1)
+    dit = copy.deepcopy(real_size_dit)
     g = torch.Generator().manual_seed(0)
-    kwargs = dict(hidden_states=torch.randn(1, 16, 32, 32, generator=g).bfloat16(),
+    kwargs = dict(hidden_states=torch.randn(1, 16, 16, 16, generator=g).bfloat16(),
                   encoder_hidden_states=torch.randn(1, 8, 1472, generator=g).bfloat16(),
-                  prior_token_id=torch.randint(0, real_size.CODEBOOK, (1, 256), generator=g),
-                  prior_token_drop=torch.zeros(1, 256, dtype=torch.bool), timestep=torch.tensor([500.0]),
-                  target_size=torch.tensor([[256.0, 256.0]]), crop_coords=torch.zeros(1, 2), return_dict=False)
+                  prior_token_id=torch.randint(0, real_size.CODEBOOK, (1, 64), generator=g),
+                  prior_token_drop=torch.zeros(1, 64, dtype=torch.bool), timestep=torch.tensor([500.0]),
+                  target_size=torch.tensor([[128.0, 128.0]]), crop_coords=torch.zeros(1, 2), return_dict=False)
     with torch.no_grad():
         reference = dit(**kwargs)[0].float()
         rounded = _dequantized(dit, fp8, vram_plan.DIT_FP8_KEEP)(**kwargs)[0].float()
@@ -194,3 +200,14 @@ def test_bad_weight_dtype_choices_are_named(comfy_pack, tiny_ar_dir, monkeypatch
     monkeypatch.delattr(torch, "float8_e5m2")  # a PyTorch built without float8 types
     with pytest.raises(GlmImageInputError, match="weight_dtype fp8_e5m2 needs a PyTorch with float8 types"):
         resolve_weight_dtype("fp8_e5m2")
+
+
+def test_a_model_that_cannot_run_even_streamed_is_refused_with_what_would_help():
+    gib = vram_plan.GIB
+    assert vram_plan.streaming_message("GLM-Image's DiT", gib // 4, gib, 4 * gib, "1024x1024 px") is None
+    text = vram_plan.streaming_message("GLM-Image's DiT", gib // 4, 3 * gib, 2 * gib, "2048x2048 px")
+    assert text.startswith("GLM-Image's DiT cannot run even with its layers streamed at 2048x2048 px: one layer "
+                           "(256 MB) plus working memory (3.0 GB) need ~3.2 GB, 2.0 GB free")
+    assert "smaller picture" in text
+    layer = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    assert vram_plan.largest_layer_bytes(layer) == (8 * 16 + 16) * 4

@@ -37,12 +37,14 @@ def final_pixels(server, entry) -> np.ndarray:
         return np.asarray(picture.convert("RGB")).astype(np.int16)
 
 
-def test_ksampler_workflow_runs_with_euler_and_other_samplers(comfy_server, prompt):
-    baseline = final_pixels(comfy_server, comfy_server.run(prompt))
-    assert baseline.shape == (1024, 1024, 3)  # the workflow's shape node: 1024x1024
+def test_ksampler_workflow_runs_with_other_samplers(comfy_server, prompt):
+    """(The saved workflow itself, euler at 1024x1024, runs in test_comfyui_server.py.)"""
+    prompt = _small(prompt)
     sampler = node_id(prompt, "KSampler")
+    baseline = final_pixels(comfy_server, comfy_server.run(prompt))
+    assert baseline.shape == (128, 96, 3)
     for name in ("dpmpp_2m", "uni_pc"):
-        prompt[sampler]["inputs"].update(sampler_name=name, steps=6)
+        prompt[sampler]["inputs"].update(sampler_name=name)
         pixels = final_pixels(comfy_server, comfy_server.run(prompt))
         assert pixels.shape == baseline.shape and np.abs(pixels - baseline).max() > 0
 
@@ -106,3 +108,27 @@ def test_a_latent_of_the_wrong_size_is_reported_with_the_input_named(comfy_serve
     with pytest.raises(Exception, match=r"latent: the sampler's latent is 256x256 px but the GLM-Image tokens"):
         comfy_server.run(prompt)
     assert comfy_server.get("/system_stats")["system"]["comfyui_version"]  # still serving
+
+
+def test_latent_previews_arrive_while_ksampler_and_the_decode_node_run(comfy_server, prompt, object_info):
+    """The server runs with --preview-method latent2rgb (tests/integration/conftest.py): KSampler's previews use
+    the factors fitted from the GLM-Image VAE; the decode node gets them through the same ComfyUI callback."""
+    import asyncio
+    import io
+
+    from tests.integration.test_live_preview import _run_and_listen
+
+    prompt = _small(prompt)
+    sampler = node_id(prompt, "KSampler")
+    prompt[sampler]["inputs"]["steps"] = 12
+    t2i = workflow_to_api_prompt(json.loads((KSAMPLER_WORKFLOW.parent / "glm_image_text_to_image.json")
+                                            .read_text()), object_info)
+    decode = node_id(t2i, "GLMImageDecode")
+    t2i[node_id(t2i, "GLMImageShape")]["inputs"].update(size_from="pixels", width=96, height=128)
+    t2i[decode]["inputs"]["steps"] = 12
+    for graph, node in ((prompt, sampler), (t2i, decode)):
+        _, events = asyncio.run(_run_and_listen(comfy_server.url, graph))
+        previews = [e for e in events if e["kind"] == "preview" and e["data"]["node_id"] == node]
+        assert len(previews) >= 3, sorted({e["kind"] for e in events})
+        with Image.open(io.BytesIO(previews[-1]["image"])) as picture:
+            assert picture.size == (12, 16)  # 96x128 px at the latent's resolution (1/8)
