@@ -132,6 +132,17 @@ def check_loaded(page, workflow: dict, name: str) -> list[str]:
         elif (got.get("widgets_values") or []) != (node.get("widgets_values") or []):
             problems.append(f"{name}: {node['type']} widgets {got.get('widgets_values')} != saved "
                             f"{node.get('widgets_values')}")
+    problems += overlaps(page, name)
+    for warning in ("This workflow has missing nodes", "the following models were not found"):
+        if page.get_by_text(warning).count():
+            problems.append(f"{name}: the editor says {warning!r}")
+    return problems
+
+
+def overlaps(page, name: str) -> list[str]:
+    """Nodes that overlap at the sizes the editor gives them now (after a run, with the texts and
+    previews the nodes show)."""
+    problems = []
     boxes = page.evaluate("""() => window.app.graph._nodes.map(n => {
         const min = n.computeSize();
         return {id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - window.LiteGraph.NODE_TITLE_HEIGHT,
@@ -144,9 +155,6 @@ def check_loaded(page, workflow: dict, name: str) -> list[str]:
                     and one["y"] < other["y"] + other["h"] and other["y"] < one["y"] + one["h"]):
                 problems.append(f"{name}: {one['type']} (node {one['id']}, {one['min_size']}) overlaps "
                                 f"{other['type']} (node {other['id']}, {other['min_size']})")
-    for warning in ("This workflow has missing nodes", "the following models were not found"):
-        if page.get_by_text(warning).count():
-            problems.append(f"{name}: the editor says {warning!r}")
     return problems
 
 
@@ -285,6 +293,7 @@ def live_run(browser, url: str, workflow: dict, targets: dict[str, str]) -> dict
     page.wait_for_timeout(1500)
     shots["after"] = page.screenshot()
     shots["previews"] = dict(frames.previews)
+    shots["problems"] = overlaps(page, "after the run")
     page.close()
     return shots
 
@@ -306,6 +315,7 @@ def main() -> int:
                 browser.close()
         finally:
             server.stop()
+    problems += shots["problems"]
     for problem in problems:
         print("PROBLEM:", problem)
     missing = [shot for shot in targets if shot not in shots]
