@@ -42,8 +42,9 @@ SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width (px)", "INT"), ("height (px)",
              ("i2i token count", "INT")]
 DECODE = "--decode" in sys.argv
 # Sizes as the editor draws these nodes (ComfyUI 0.3.75's editor; scripts/editor_screenshots.py reports any
-# overlap). Below the first row: room for generate's live preview, which makes that node taller.
-SIDE_Y = 260   # under the AR loader (about 200 tall)
+# overlap, before and after a run). Room below the loaders for the memory text they show when they run, and
+# below generate for its live preview: both make those nodes taller.
+SIDE_Y = 330   # under the AR loader (about 200 tall, then its text)
 ROW2_Y = 560
 PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")]
 
@@ -59,7 +60,7 @@ def prompt_node(w, ar, text):
     w.link(ar, 0, node, "ar_model")
     return node
 
-def chain(w, ar, prompt_node, x, y, seed, name):
+def chain(w, ar, prompt_node, x, y, seed, name, preview_y=140):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
                  inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
                  outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 300))
@@ -74,7 +75,7 @@ def chain(w, ar, prompt_node, x, y, seed, name):
     prev = w.node("GLMImagePreviewTokens", (x + 360, y + 140), [8], inputs=[("prior", "GLMIMAGE_PRIOR")],
                   outputs=[("IMAGE", "IMAGE")], size=(280, 80))
     w.link(ext, 0, prev, "prior")
-    save = w.node("SaveImage", (x + 680, y + 140), [f"{name}_tokens_preview"], inputs=[("images", "IMAGE")],
+    save = w.node("SaveImage", (x + 680, y + preview_y), [f"{name}_tokens_preview"], inputs=[("images", "IMAGE")],
                   size=(300, 300))
     w.link(prev, 0, save, "images")
     return ext
@@ -128,7 +129,8 @@ if DECODE:
     text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
-    ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip")
+    # the token preview lower down: Save (above it) grows with the name of the file it wrote
+    ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip", preview_y=210)
     save = w.node("GLMImageSaveTokens", (1460, 0), ["glm_image/tokens"], inputs=[("prior", "GLMIMAGE_PRIOR")],
                   outputs=[("file", "STRING")], size=(300, 90))
     w.link(ext, 0, save, "prior")
@@ -150,11 +152,11 @@ if DECODE:
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
     ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
-    dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 390), ["GLM-Image", "default", 0.0, "auto", "auto"],
+    dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 400), ["GLM-Image", "default", 0.0, "auto", "auto"],
                  outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 180))
-    glyph = w.node("GLMImageGlyphEncoderLoader", (0, SIDE_Y + 620), ["GLM-Image", "auto", "auto"],
+    glyph = w.node("GLMImageGlyphEncoderLoader", (0, SIDE_Y + 700), ["GLM-Image", "auto", "auto"],
                    outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
-    vae = w.node("GLMImageVAELoader", (0, SIDE_Y + 780), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
+    vae = w.node("GLMImageVAELoader", (0, SIDE_Y + 850), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
                  size=(320, 110))
     cond = w.node("GLMImageConditioning", (780, ROW2_Y), [""],
                   inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
