@@ -4,7 +4,7 @@ from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.decoding import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
-from .api import io
+from .api import ADVANCED, io
 from .loader import model_choices, require_model
 from .messages import show_message
 from .native import VRAM_LIMIT_TOOLTIP, WEIGHT_DTYPE_TOOLTIP, vram_limit_bytes
@@ -25,17 +25,19 @@ class GLMImageDecoderLoader(io.ComfyNode):
                                tooltip="A folder under models/glm_image/ with transformer/, vae/, text_encoder/, "
                                        "tokenizer/ and scheduler/ (the zai-org/GLM-Image download)."),
                 io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
-                               tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights)."),
+                               tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights).",
+                               **ADVANCED),
                 io.Combo.Input("device", options=["auto", "gpu", "cpu"], default="auto",
-                               tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow."),
+                               tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow.", **ADVANCED),
                 io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
                                tooltip=WEIGHT_DTYPE_TOOLTIP),
                 io.Float.Input("vram_limit_gb", default=0.0, min=0.0, max=256.0, step=0.5,
-                               tooltip=VRAM_LIMIT_TOOLTIP),
+                               tooltip=VRAM_LIMIT_TOOLTIP, **ADVANCED),
             ],
-            outputs=[GlmImageDecoder.Output("decoder", tooltip="The diffusion decoder."),
-                     io.String.Output("memory", tooltip="What the decoder holds on the GPU with these options, and "
-                                                        "with the others (connect 'Preview Any' to read it).")],
+            outputs=[GlmImageDecoder.Output("decoder", display_name="decoder", tooltip="The diffusion decoder."),
+                     io.String.Output("memory", display_name="memory",
+                                      tooltip="What the decoder holds on the GPU with these options, and with the "
+                                              "others (connect 'Preview Any' to read it).")],
         )
 
     @classmethod
@@ -77,7 +79,7 @@ class GLMImageDecode(io.ComfyNode):
                 io.Image.Input("source_image_2", optional=True,
                                tooltip="The source image(s) connected to the prompt node's 'image_2'."),
             ],
-            outputs=[io.Image.Output("image", tooltip="The picture(s), one per token grid.")],
+            outputs=[io.Image.Output("image", display_name="IMAGE", tooltip="The picture(s), one per token grid.")],
         )
 
     @classmethod

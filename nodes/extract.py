@@ -15,9 +15,11 @@ class GLMImageExtractTokens(io.ComfyNode):
                         "grid) and checks it: an early end or a non-image id is reported, never padded.",
             inputs=[GlmImageTokens.Input("tokens", tooltip="From 'GLM-Image generate tokens'.")],
             outputs=[
-                GlmImagePrior.Output("prior", tooltip="The token grid(s) for the decoder, plus source-image "
-                                                      "tokens for image-to-image."),
-                io.Int.Output("count", tooltip="Number of grid tokens extracted (all samples)."),
+                GlmImagePrior.Output("prior", display_name="prior",
+                                     tooltip="The token grid(s) for the decoder, plus source-image tokens for "
+                                             "image-to-image."),
+                io.Int.Output("count", display_name="token count",
+                              tooltip="Number of grid tokens extracted (all samples)."),
             ],
         )
 

@@ -1,4 +1,4 @@
-from .api import io
+from .api import ADVANCED, io
 
 from ..glmimage_core.generation import MAX_IMAGES, SPEEDS, SamplingSettings, generate_tokens
 from .messages import show_message
@@ -26,28 +26,32 @@ class GLMImageGenerateTokens(io.ComfyNode):
                                      "picture on a GPU, more memory)."),
                 io.Boolean.Input("do_sample", default=True,
                                  tooltip="Sample (recommended by the authors). Off = greedy, which tends to "
-                                         "repeat itself."),
+                                         "repeat itself.", **ADVANCED),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05,
                                tooltip="0 = the model's own setting (0.9 for GLM-Image). Higher = more varied."),
                 io.Float.Input("top_p", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="0 = the model's own setting (0.75 for GLM-Image)."),
+                               tooltip="0 = the model's own setting (0.75 for GLM-Image).", **ADVANCED),
                 io.Int.Input("top_k", default=0, min=0, max=16384,
-                             tooltip="0 = the model's own setting."),
+                             tooltip="0 = the model's own setting.", **ADVANCED),
                 io.Combo.Input("speed", options=SPEEDS, default="standard",
                                tooltip="standard = plain transformers generate. compiled = static KV cache + "
                                        "torch.compile with CUDA graphs (CUDA GPUs; the first run of a shape "
-                                       "compiles, later runs reuse it; elsewhere it falls back to standard)."),
+                                       "compiles, later runs reuse it; elsewhere it falls back to standard).",
+                               **ADVANCED),
                 io.Boolean.Input("offload_after", default=True,
                                  tooltip="Move the AR model off the GPU when done, so the decoder has the VRAM."),
                 io.Boolean.Input("allow_streaming", default=False,
                                  tooltip="When the AR model does not fit in free VRAM: off = stop and say which "
                                          "loader option fits (weight_dtype fp8, quantization nf4); on = stream its "
-                                         "layers from RAM on every token (works, but 10-50x slower)."),
+                                         "layers from RAM on every token (works, but 10-50x slower).",
+                                 **ADVANCED),
             ],
-            outputs=[GlmImageTokens.Output("tokens", tooltip="The sampled ids, for 'GLM-Image extract tokens'."),
-                     io.String.Output("notes", tooltip="What this run wants you to know (e.g. that speed=compiled "
-                                                       "ran as standard, and why); empty when nothing. Also shown "
-                                                       "on the node; connect 'Preview as Text' to keep it.")],
+            outputs=[GlmImageTokens.Output("tokens", display_name="tokens",
+                                           tooltip="The sampled ids, for 'GLM-Image extract tokens'."),
+                     io.String.Output("notes", display_name="notes",
+                                      tooltip="What this run wants you to know (e.g. that speed=compiled ran as "
+                                              "standard, and why); empty when nothing. Also shown on the node; "
+                                              "connect 'Preview as Text' to keep it.")],
         )
 
     @classmethod

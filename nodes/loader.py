@@ -2,7 +2,7 @@ from ..glmimage_core import ar_loading, vram_plan
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.model_folders import list_model_folders
-from .api import io
+from .api import ADVANCED, io
 from .messages import show_message
 from .sockets import CATEGORY, GlmImageAR
 
@@ -37,24 +37,27 @@ class GLMImageARLoader(io.ComfyNode):
                                        "transformers folder (config.json + tokenizer files)."),
                 io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights; "
-                                       "fp16 on GPUs without bf16). fp32 doubles the memory."),
+                                       "fp16 on GPUs without bf16). fp32 doubles the memory.", **ADVANCED),
                 io.Combo.Input("device", options=ar_loading.DEVICE_CHOICES, default="auto",
-                               tooltip="auto/gpu = ComfyUI's compute device; cpu keeps the model in RAM (slow)."),
+                               tooltip="auto/gpu = ComfyUI's compute device; cpu keeps the model in RAM (slow).",
+                               **ADVANCED),
                 io.Combo.Input("attention", options=ar_loading.ATTENTION_CHOICES, default="sdpa",
-                               tooltip="sdpa = PyTorch's fused attention (fast); eager = the plain reference path."),
+                               tooltip="sdpa = PyTorch's fused attention (fast); eager = the plain reference path.",
+                               **ADVANCED),
                 io.Combo.Input("quantization", options=ar_loading.QUANTIZATION_CHOICES, default="none",
                                tooltip="Low-VRAM loading on CUDA GPUs with the optional bitsandbytes package: "
                                        "int8 (~10.4 GB) or nf4 (~6.6 GB) instead of bf16's 17.6 GB; slower per "
-                                       "token."),
+                                       "token.", **ADVANCED),
                 io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
                                tooltip="How the weights are stored: default = the dtype above (bf16: ~17.6 GB on "
                                        "the GPU); fp8_e4m3fn / fp8_e5m2 = 8-bit storage (~8.9 GB), computed in "
                                        "the dtype above (ComfyUI's own weight_dtype option). Any GPU, no extra "
                                        "package; use it or quantization, not both."),
             ],
-            outputs=[GlmImageAR.Output("ar_model", tooltip="The AR model and its processor."),
-                     io.String.Output("memory", tooltip="What the AR model holds on the GPU with these options, "
-                                                        "and with the others (connect 'Preview Any' to read it).")],
+            outputs=[GlmImageAR.Output("ar_model", display_name="AR model", tooltip="The AR model and its processor."),
+                     io.String.Output("memory", display_name="memory",
+                                      tooltip="What the AR model holds on the GPU with these options, and with the "
+                                              "others (connect 'Preview Any' to read it).")],
         )
 
     @classmethod

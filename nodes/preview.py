@@ -27,7 +27,7 @@ class GLMImagePreviewTokens(io.ComfyNode):
                                          "colours. Without either, each id gets a fixed colour and similar tokens "
                                          "do not look alike."),
             ],
-            outputs=[io.Image.Output("image", tooltip="One false-colour picture per sample.")],
+            outputs=[io.Image.Output("image", display_name="IMAGE", tooltip="One false-colour picture per sample.")],
         )
 
     @classmethod

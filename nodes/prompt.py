@@ -30,7 +30,8 @@ class GLMImagePrompt(io.ComfyNode):
                 io.Image.Input("image_2", optional=True,
                                tooltip="More source image(s), e.g. of another size than 'image'."),
             ],
-            outputs=[GlmImageInputs.Output("inputs", tooltip="Tokenised prompt, shape and sources.")],
+            outputs=[GlmImageInputs.Output("inputs", display_name="inputs",
+                                           tooltip="Tokenised prompt, shape and sources.")],
         )
 
     @classmethod

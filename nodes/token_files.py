@@ -79,8 +79,9 @@ class GLMImageSaveTokens(io.ComfyNode):
                                 tooltip=f"File name prefix under output/; a counter is appended. Files under "
                                         f"output/{OUTPUT_SUBFOLDER}/ appear in 'Load GLM-Image tokens' list."),
             ],
-            outputs=[io.String.Output("file", tooltip="The saved file as 'name [output]', for 'Load GLM-Image "
-                                                     "tokens' (its 'file' input) or 'Preview as Text'.")],
+            outputs=[io.String.Output("file", display_name="file",
+                                      tooltip="The saved file as 'name [output]', for 'Load GLM-Image tokens' (its "
+                                              "'file' input) or 'Preview as Text'.")],
             is_output_node=True,
         )
 
@@ -110,7 +111,7 @@ class GLMImageLoadTokens(io.ComfyNode):
                 io.Combo.Input("token_file", options=token_file_choices(), tooltip=TOKEN_FILE_TOOLTIP),
                 io.String.Input("file", optional=True, force_input=True, tooltip=FILE_TOOLTIP),
             ],
-            outputs=[GlmImagePrior.Output("prior", tooltip="The loaded token grid(s).")],
+            outputs=[GlmImagePrior.Output("prior", display_name="prior", tooltip="The loaded token grid(s).")],
         )
 
     @classmethod

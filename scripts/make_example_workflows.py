@@ -35,15 +35,23 @@ class WF:
         path.write_text(json.dumps(data, indent=2) + "\n")
 
 AR = ("ar_model", "GLMIMAGE_AR")
-SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width_px", "INT"), ("height_px", "INT"), ("grid_h", "INT"),
-             ("grid_w", "INT"), ("preview_h", "INT"), ("preview_w", "INT"), ("tokens_t2i", "INT"), ("tokens_i2i", "INT")]
+# Outputs are saved under their display names, as the editor itself saves them (it renames them on load).
+AR_OUT = ("AR model", "GLMIMAGE_AR")
+SHAPE_OUT = [("shape", "GLMIMAGE_SHAPE"), ("width (px)", "INT"), ("height (px)", "INT"), ("grid height", "INT"),
+             ("grid width", "INT"), ("preview height", "INT"), ("preview width", "INT"), ("t2i token count", "INT"),
+             ("i2i token count", "INT")]
 DECODE = "--decode" in sys.argv
+# Sizes as the editor draws these nodes (ComfyUI 0.3.75's editor; scripts/editor_screenshots.py reports any
+# overlap, before and after a run). Room below the loaders for the memory text they show when they run, and
+# below generate for its live preview: both make those nodes taller.
+SIDE_Y = 330   # under the AR loader (about 200 tall, then its text)
+ROW2_Y = 560
 PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")]
 
 
 def ar_loader(w):
     return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none", "default"],
-                  outputs=[AR, ("memory", "STRING")], size=(320, 160))
+                  outputs=[AR_OUT, ("memory", "STRING")], size=(320, 200))
 
 
 def prompt_node(w, ar, text):
@@ -52,32 +60,32 @@ def prompt_node(w, ar, text):
     w.link(ar, 0, node, "ar_model")
     return node
 
-def chain(w, ar, prompt_node, x, y, seed, name):
+def chain(w, ar, prompt_node, x, y, seed, name, preview_y=140):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
                  inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
-                 outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 230))
+                 outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 300))
     w.link(ar, 0, gen, "ar_model")
     w.link(prompt_node, 0, gen, "inputs")
     notes = w.node("PreviewAny", (x + 360, y + 260), [], inputs=[("source", "*")], size=(280, 150),
                    title="GLM-Image notes")
     w.link(gen, 1, notes, "source")
     ext = w.node("GLMImageExtractTokens", (x + 360, y), [], inputs=[("tokens", "GLMIMAGE_TOKENS")],
-                 outputs=[("prior", "GLMIMAGE_PRIOR"), ("count", "INT")], size=(280, 80))
+                 outputs=[("prior", "GLMIMAGE_PRIOR"), ("token count", "INT")], size=(280, 80))
     w.link(gen, 0, ext, "tokens")
     prev = w.node("GLMImagePreviewTokens", (x + 360, y + 140), [8], inputs=[("prior", "GLMIMAGE_PRIOR")],
-                  outputs=[("image", "IMAGE")], size=(280, 80))
+                  outputs=[("IMAGE", "IMAGE")], size=(280, 80))
     w.link(ext, 0, prev, "prior")
-    save = w.node("SaveImage", (x + 680, y + 140), [f"{name}_tokens_preview"], inputs=[("images", "IMAGE")],
+    save = w.node("SaveImage", (x + 680, y + preview_y), [f"{name}_tokens_preview"], inputs=[("images", "IMAGE")],
                   size=(300, 300))
     w.link(prev, 0, save, "images")
     return ext
 
 def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
     dl = w.node("GLMImageDecoderLoader", (x, y), ["GLM-Image", "auto", "auto", "default", 0.0],
-                outputs=[("decoder", "GLMIMAGE_DECODER"), ("memory", "STRING")], size=(320, 160))
+                outputs=[("decoder", "GLMIMAGE_DECODER"), ("memory", "STRING")], size=(320, 180))
     dec = w.node("GLMImageDecode", (x + 360, y), ["", 50, 1.5, seed, "fixed"],
                  inputs=[("decoder", "GLMIMAGE_DECODER"), ("prior", "GLMIMAGE_PRIOR"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
-                 outputs=[("image", "IMAGE")], size=(320, 250))
+                 outputs=[("IMAGE", "IMAGE")], size=(320, 250))
     w.link(dl, 0, dec, "decoder")
     w.link(ext, 0, dec, "prior")
     if images is not None:
@@ -89,39 +97,40 @@ out = Path(sys.argv[1])
 # text to image
 w = WF()
 ar = ar_loader(w)
-shape = w.node("GLMImageShape", (0, 240), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
-               size=(320, 260))
+shape = w.node("GLMImageShape", (0, SIDE_Y), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+               size=(320, 340))
 prompt_text = 'A cosy reading nook by a rainy window, warm lamp light, a mug that says "GLM"'
 prompt = prompt_node(w, ar, prompt_text)
 w.link(shape, 0, prompt, "shape")
 ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i")
 if DECODE:
-    decoder(w, ext, prompt_text, 780, 480, "glm_image_t2i", seed=42)
+    decoder(w, ext, prompt_text, 780, ROW2_Y, "glm_image_t2i", seed=42)
 w.dump(out / "glm_image_text_to_image.json")
 
 # image to image
 w = WF()
 ar = ar_loader(w)
-load = w.node("LoadImage", (0, 240), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
-              size=(320, 320))
+load = w.node("LoadImage", (0, SIDE_Y), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+              size=(320, 330))
 edit = "Turn it into a watercolour painting and add a small red boat"
 prompt = prompt_node(w, ar, edit)
 w.link(load, 0, prompt, "image")
 ext = chain(w, ar, prompt, 780, 0, 7, "glm_image_i2i")
 if DECODE:
-    decoder(w, ext, edit, 780, 480, "glm_image_i2i", images=load, seed=7)
+    decoder(w, ext, edit, 780, ROW2_Y, "glm_image_i2i", images=load, seed=7)
 w.dump(out / "glm_image_image_to_image.json")
 
 if DECODE:
     # sample once, save, load, decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, 240), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
-                   size=(320, 260))
+    shape = w.node("GLMImageShape", (0, SIDE_Y), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
+                   size=(320, 340))
     text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
-    ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip")
+    # the token preview lower down: Save (above it) grows with the name of the file it wrote
+    ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip", preview_y=210)
     save = w.node("GLMImageSaveTokens", (1460, 0), ["glm_image/tokens"], inputs=[("prior", "GLMIMAGE_PRIOR")],
                   outputs=[("file", "STRING")], size=(300, 90))
     w.link(ext, 0, save, "prior")
@@ -131,25 +140,25 @@ if DECODE:
     loadt = w.node("GLMImageLoadTokens", (1800, 160), ["(no token files yet)"],
                    inputs=[("file", "STRING")], outputs=[("prior", "GLMIMAGE_PRIOR")], size=(300, 90))
     w.link(save, 0, loadt, "file")
-    decoder(w, loadt, text, 780, 480, "glm_image_roundtrip", seed=5)
+    decoder(w, loadt, text, 780, ROW2_Y, "glm_image_roundtrip", seed=5)
     w.dump(out / "glm_image_tokens_roundtrip.json")
 
     # the DiT as a native MODEL: tokens -> conditioning -> KSampler -> VAE Decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, 240), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
-                   size=(320, 260))
+    shape = w.node("GLMImageShape", (0, SIDE_Y), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
+                   size=(320, 340))
     text = 'A street cafe at night, a neon sign that says "KSampler"'
     prompt = prompt_node(w, ar, text)
     w.link(shape, 0, prompt, "shape")
     ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
-    dit = w.node("GLMImageDiTLoader", (0, 640), ["GLM-Image", "default", 0.0, "auto", "auto"],
-                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 160))
-    glyph = w.node("GLMImageGlyphEncoderLoader", (0, 840), ["GLM-Image", "auto", "auto"],
+    dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 400), ["GLM-Image", "default", 0.0, "auto", "auto"],
+                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 180))
+    glyph = w.node("GLMImageGlyphEncoderLoader", (0, SIDE_Y + 700), ["GLM-Image", "auto", "auto"],
                    outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
-    vae = w.node("GLMImageVAELoader", (0, 990), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
+    vae = w.node("GLMImageVAELoader", (0, SIDE_Y + 850), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
                  size=(320, 110))
-    cond = w.node("GLMImageConditioning", (780, 640), [""],
+    cond = w.node("GLMImageConditioning", (780, ROW2_Y), [""],
                   inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
                           ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
                   outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -157,17 +166,17 @@ if DECODE:
     w.link(dit, 0, cond, "model")
     w.link(glyph, 0, cond, "glyph_encoder")
     w.link(ext, 0, cond, "prior")
-    ks = w.node("KSampler", (1140, 640), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
+    ks = w.node("KSampler", (1140, ROW2_Y), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                         ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
     for slot, name in enumerate(("model", "positive", "negative")):
         w.link(cond, slot, ks, name)
     w.link(cond, 3, ks, "latent_image")
-    dec = w.node("VAEDecode", (1500, 640), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+    dec = w.node("VAEDecode", (1500, ROW2_Y), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
                  outputs=[("IMAGE", "IMAGE")], size=(220, 60))
     w.link(ks, 0, dec, "samples")
     w.link(vae, 0, dec, "vae")
-    save = w.node("SaveImage", (1760, 640), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
+    save = w.node("SaveImage", (1760, ROW2_Y), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
     w.link(dec, 0, save, "images")
     w.dump(out / "glm_image_ksampler.json")
 print("written")
