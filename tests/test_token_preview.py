@@ -56,7 +56,7 @@ def test_codebook_clusters_become_colour_clusters():
     colours = codebook_palette(codebook * 7.0)  # the quantizer normalises: the scale must not matter
     same = labels[:, None] == labels[None, :]
     dist = torch.cdist(colours, colours)
-    assert dist[same].max() < 0.1 < 0.4 < dist[~same].min(), (float(dist[same].max()), float(dist[~same].min()))
+    assert dist[same].max() < 0.1 and dist[~same].min() > 0.4, (float(dist[same].max()), float(dist[~same].min()))
 
 
 def test_palette_is_deterministic_per_model_and_differs_between_models(tmp_path):
