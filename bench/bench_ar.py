@@ -31,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, raw_generate  # noqa: E402  (puts the repo on sys.path)
 
 from glmimage_core.ar_loading import load_ar_model  # noqa: E402
 from glmimage_core.demo_models import build_tiny_ar_model  # noqa: E402
@@ -101,17 +100,6 @@ print(base, hwm(), rss())
             "resident_after_load_ratio": (after - base) / size}
 
 
-def raw_generate(ar, shape: GridShape, seed: int) -> int:
-    """The upstream way: chat template with the target size, manual_seed, generate."""
-    messages = [[{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]]
-    inputs = ar.processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
-                                              processor_kwargs={"target_h": shape.height, "target_w": shape.width})
-    inputs = inputs.to(ar.device)
-    torch.manual_seed(seed)
-    out = ar.model.generate(**inputs, max_new_tokens=shape.max_new_tokens("t2i"), do_sample=True)
-    return int(out.shape[1] - inputs["input_ids"].shape[1])
-
-
 def node_path(ar, shape: GridShape, seed: int, images: int = 1, speed: str = "standard") -> tuple[int, list]:
     inputs = prepare_inputs(ar.processor, PROMPT, shape)
     tokens = generate_tokens(ar, inputs, seed=seed, images=images, speed=speed)
@@ -121,7 +109,7 @@ def node_path(ar, shape: GridShape, seed: int, images: int = 1, speed: str = "st
 
 def measure(ar, shape: GridShape, rounds: int) -> dict:
     variants = {
-        "raw generate": lambda: (raw_generate(ar, shape, 0), []),
+        "raw generate": lambda: (raw_generate(ar, PROMPT, shape, 0), []),
         "node standard (= batch 1)": lambda: node_path(ar, shape, 0),
         "node compiled": lambda: node_path(ar, shape, 0, speed="compiled"),
         "batch 2": lambda: node_path(ar, shape, 0, images=2),
@@ -134,7 +122,7 @@ def measure(ar, shape: GridShape, rounds: int) -> dict:
         for fn in variants.values():
             fn()
     else:
-        raw_generate(ar, GridShape(1, 1), 0)
+        raw_generate(ar, PROMPT, GridShape(1, 1), 0)
     for _ in range(rounds):
         for name, fn in variants.items():
             if ar.device.type == "cuda":

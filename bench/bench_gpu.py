@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, Measured, StepClock, gib, machine, quiet_libraries, timed  # noqa: E402
+from common import (REPO, Measured, StepClock, gib, machine, quiet_libraries, raw_generate,  # noqa: E402
+                    timed)
 
 from glmimage_core import real_size  # noqa: E402
 from glmimage_core.ar_loading import load_ar_model, prepare_ar_model  # noqa: E402
@@ -82,18 +83,6 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, tmp: Path):
     return ar, bundle, pipe
 
 
-def raw_generate(ar, shape: GridShape, seed: int) -> int:
-    """The upstream way: chat template with the target size, manual_seed, generate."""
-    messages = [[{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]]
-    inputs = ar.processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
-                                              processor_kwargs={"target_h": shape.height, "target_w": shape.width})
-    inputs = inputs.to(ar.device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = ar.model.generate(**inputs, max_new_tokens=shape.max_new_tokens("t2i"), do_sample=True)
-    return int(out.shape[1] - inputs["input_ids"].shape[1])
-
-
 def ar_stage(ar, shape: GridShape, device: torch.device, compile_config) -> dict:
     inputs = prepare_inputs(ar.processor, PROMPT, shape)
     tokens = shape.max_new_tokens("t2i")
@@ -103,8 +92,8 @@ def ar_stage(ar, shape: GridShape, device: torch.device, compile_config) -> dict
         rows[name] = {"seconds": m.seconds, "tokens_per_s": tokens * images / m.seconds,
                       "images_per_s": images / m.seconds, "peak_vram_bytes": m.peak_vram, **extra}
 
-    raw_generate(ar, GridShape(2, 2), 0)  # warm-up: kernels, allocator
-    row("raw generate", timed(lambda: raw_generate(ar, shape, 0), device))
+    raw_generate(ar, PROMPT, GridShape(2, 2), 0)  # warm-up: kernels, allocator
+    row("raw generate", timed(lambda: raw_generate(ar, PROMPT, shape, 0), device))
     standard = timed(lambda: generate_tokens(ar, inputs, seed=0), device)
     row("pack standard", standard)
     first = timed(lambda: generate_tokens(ar, inputs, seed=0, speed="compiled", compile_config=compile_config),

@@ -80,3 +80,17 @@ class StepClock:
 
 def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
+
+
+def raw_generate(ar, prompt: str, shape, seed: int) -> int:
+    """The upstream way to sample a picture's tokens: chat template with the target size, manual_seed, generate.
+
+    What the pack's node path is measured against (bench_ar.py, bench_gpu.py); returns the tokens sampled."""
+    messages = [[{"role": "user", "content": [{"type": "text", "text": prompt}]}]]
+    inputs = ar.processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
+                                              processor_kwargs={"target_h": shape.height, "target_w": shape.width})
+    inputs = inputs.to(ar.device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = ar.model.generate(**inputs, max_new_tokens=shape.max_new_tokens("t2i"), do_sample=True)
+    return int(out.shape[1] - inputs["input_ids"].shape[1])
