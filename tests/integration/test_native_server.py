@@ -134,3 +134,16 @@ def test_latent_previews_arrive_while_ksampler_and_the_decode_node_run(comfy_ser
             # 96x128 px; ComfyUI's server scales each preview to fit --preview-size (512 by default,
             # ImageOps.contain: a latent-sized 12x16 preview arrives as 384x512, on 0.3.75 and 0.33)
             assert picture.size == (384, 512), picture.size
+
+
+def test_an_unknown_weight_dtype_is_refused_with_the_input_named(comfy_server, prompt):
+    """A hand-edited or old workflow with a weight_dtype this ComfyUI's loaders do not offer: the prompt is
+    refused naming the loader's input, and the server keeps serving."""
+    from tests.comfy_harness import ComfyError
+
+    for loader in ("GLMImageDiTLoader", "GLMImageARLoader"):
+        bad = json.loads(json.dumps(prompt))
+        bad[node_id(bad, loader)]["inputs"]["weight_dtype"] = "fp16_fast"
+        with pytest.raises(ComfyError, match=r"weight_dtype.*fp16_fast"):
+            comfy_server.run(bad)
+    assert comfy_server.get("/system_stats")["system"]["comfyui_version"]  # still serving
