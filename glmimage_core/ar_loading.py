@@ -23,9 +23,9 @@ from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
 from .model_folders import resolve_model_path
-from .runtime import offload_device, torch_device
+from .runtime import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
 
-DEVICE_CHOICES = ["auto", "gpu", "cpu"]
+DEVICE_CHOICES = list(_DEVICES)
 ATTENTION_CHOICES = ["sdpa", "eager"]
 QUANTIZATION_CHOICES = ["none", "int8", "nf4"]
 

@@ -12,6 +12,11 @@ from typing import Protocol
 
 import torch
 
+from .errors import GlmImageInputError
+
+#: The loaders' `device` choices.
+DEVICE_CHOICES = ("auto", "gpu", "cpu")
+
 
 class Progress(Protocol):
     def update(self, n: int = 1) -> None: ...
@@ -71,6 +76,8 @@ def torch_device(choice: str = "auto") -> torch.device:
     Inside ComfyUI "auto"/"gpu" follow ComfyUI's own device choice (which obeys
     --cpu, --directml...); outside it, CUDA then MPS then CPU.
     """
+    if choice not in DEVICE_CHOICES:  # ComfyUI 0.3.75 does not check a V3 combo's value
+        raise GlmImageInputError(f"device {choice!r} is not one of {list(DEVICE_CHOICES)}")
     if choice == "cpu":
         return torch.device("cpu")
     mm = _comfy_module("comfy.model_management")

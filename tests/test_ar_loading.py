@@ -83,3 +83,9 @@ def test_quantization_without_bitsandbytes_or_gpu_is_a_clear_message(tiny_ar_dir
         ar_loading.load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", quantization="int8")
     with pytest.raises(GlmImageInputError, match="quantization 'fp4' is not one of"):
         ar_loading.load_ar_model(str(tiny_ar_dir), device="cpu", quantization="fp4")
+
+
+def test_an_unknown_device_is_named_not_taken_for_auto(tiny_ar_dir):
+    """ComfyUI 0.3.75 passes any value of a V3 combo through: 'cuda:1' must not quietly mean 'auto'."""
+    with pytest.raises(GlmImageInputError, match=r"device 'cuda:1' is not one of \['auto', 'gpu', 'cpu'\]"):
+        ar_loading.load_ar_model(str(tiny_ar_dir), device="cuda:1")
