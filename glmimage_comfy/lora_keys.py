@@ -4,7 +4,7 @@ ComfyUI maps LoRA keys to model weights in `comfy.lora.model_lora_keys_unet`,
 which knows the diffusers-style names (`transformer.transformer_blocks.0.attn1.to_q`)
 only for the model classes of ComfyUI core. For a `GlmImageModel` this adds them:
 the diffusers/PEFT name `transformer.<module>`, the bare `<module>`, and kohya's
-`lora_unet_<module with _>`, each pointing at `diffusion_model.transformer.<module>.weight`.
+`lora_unet_<module with _>` / `lora_transformer_<module with _>`, each pointing at `diffusion_model.transformer.<module>.weight`.
 The function is wrapped once (every other model gets ComfyUI's answer untouched),
 which is what `LoraLoaderModelOnly`, `LoraLoader` and LoRA hooks all call.
 """

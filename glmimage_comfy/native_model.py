@@ -38,10 +38,10 @@ import comfy.utils
 
 from ..glmimage_core import vram_plan
 from ..glmimage_core.decoder_loading import DiTModel, LatentStats
-from ..glmimage_core.decoding import calculate_shift, shift_for
+from ..glmimage_core.decoding import calculate_shift, image_seq_len, shift_for
 from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import forget
+from ..glmimage_core.memory import adopt, limit_resident, patcher_of
 
 log = logging.getLogger("GLM-Image")
 
@@ -118,8 +118,7 @@ class GlmImageModelSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comf
     """Flow matching with GLM-Image's linear time shift (mu); `for_size` makes the one a picture size needs."""
 
 
-def model_sampling_for(model_config, seq_len_or_shift: float, scheduler_config: dict | None = None):
-    shift = seq_len_or_shift if scheduler_config is None else shift_for(scheduler_config, int(seq_len_or_shift))
+def model_sampling_for(model_config, shift: float):
     sampling = GlmImageModelSampling(model_config)
     sampling.set_parameters(shift=shift, multiplier=1000)
     return sampling
@@ -292,20 +291,17 @@ def native_model(dit: DiTModel, preview_factors=None, max_resident: int | None =
     It becomes the DiT's one patcher for the whole pack, so the decode node and
     KSampler load, stream and offload the same weights.
     """
-    patcher = getattr(dit, "_glmimage_native", None)
-    if patcher is None:
-        forget(dit)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
+    patcher = patcher_of(dit)
+    if patcher is None or not isinstance(patcher.model, GlmImageModel):
         fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
-        seq_len = (DEFAULT_SIZE_PX // 16) ** 2
-        config = GlmImageModelConfig(fmt, shift_for(dit.scheduler_config, seq_len),
-                                     dit.dtype if dit.weight_dtype != "default" else None)
+        shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
+        config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
         model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=dit.device,
                                                    offload_device=comfy.model_management.unet_offload_device())
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY,
                                      _clear_source_kv)
-        dit._glmimage_native = patcher
-        dit._glmimage_patcher = patcher
+        adopt(dit, patcher)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
     set_vram_limit(patcher, max_resident)
     return patcher
 
@@ -323,8 +319,6 @@ def set_vram_limit(patcher, max_resident: int | None) -> None:
 
 def _limit_resident(executor, *args, **kwargs):
     """SAMPLER_SAMPLE wrapper: after ComfyUI loaded the model for this run, stream what exceeds the limit."""
-    from ..glmimage_core.memory import limit_resident
-
     guider = args[0] if args else None
     patcher = getattr(guider, "model_patcher", None)
     limit = getattr(getattr(patcher, "model", None), "glm_vram_limit", None)
@@ -337,9 +331,9 @@ def with_shift_for(model_patcher, height: int, width: int):
     """A clone of the MODEL whose schedule has GLM-Image's shift for a `width` x `height` px picture."""
     model = model_patcher.model
     dit: DiTModel = model.dit
-    seq_len = (height // dit.vae_scale_factor) * (width // dit.vae_scale_factor) // dit.patch_size**2
+    shift = shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
     clone = model_patcher.clone()
-    clone.add_object_patch("model_sampling", model_sampling_for(model.model_config, seq_len, dit.scheduler_config))
+    clone.add_object_patch("model_sampling", model_sampling_for(model.model_config, shift))
     return clone
 
 

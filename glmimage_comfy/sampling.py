@@ -19,6 +19,8 @@ import latent_preview
 from ..glmimage_core import vram_plan
 from ..glmimage_core.decoder_loading import DecoderBundle
 from ..glmimage_core.decoding import glm_timesteps
+from ..glmimage_core.errors import GlmImageInputError
+from ..glmimage_core.memory import patcher_of
 from ..glmimage_core.prior import PriorTokens
 from .conditioning import build_conditioning
 from .native_model import native_model
@@ -46,8 +48,6 @@ def decode_tiled_if_needed(vae, samples: torch.Tensor) -> torch.Tensor:
 
 def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> str | None:
     """On a GPU: what this decode needs (the note the node shows); refuses what cannot run even streamed."""
-    from ..glmimage_core.errors import GlmImageInputError
-
     dit = bundle.dit
     if dit.device.type == "cpu":
         return None
@@ -57,7 +57,7 @@ def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> s
                                        act_bytes=dit.dtype.itemsize)
     weights = vram_plan.resident_bytes(dit.inventory, vram_plan.WeightOption(dit.weight_dtype))
     shape = f"{prior.width}x{prior.height} px" + (f", {prior.batch_size} pictures" if prior.batch_size > 1 else "")
-    patcher = getattr(dit, "_glmimage_native", None)
+    patcher = patcher_of(dit)
     free = comfy.model_management.get_free_memory(dit.device) + (patcher.loaded_size() if patcher else 0)
     refused = vram_plan.streaming_message("GLM-Image's DiT", vram_plan.largest_layer_bytes(dit.transformer),
                                           working, free, shape)

@@ -23,6 +23,7 @@ import comfy.sd
 
 from ..glmimage_core import vram_plan
 from ..glmimage_core.decoder_loading import VAEModel
+from ..glmimage_core.memory import adopt, ensure_on_device
 
 log = logging.getLogger("GLM-Image")
 
@@ -80,12 +81,9 @@ def comfy_vae(vae_model: VAEModel) -> GlmImageVAE:
     """The ComfyUI `VAE` of a loaded GLM-Image VAE; one per VAE, and its patcher is the VAE's one patcher."""
     vae = getattr(vae_model, "_glmimage_comfy_vae", None)
     if vae is None:
-        from ..glmimage_core.memory import forget
-
-        forget(vae_model)
         vae = GlmImageVAE(vae_model)
         vae_model._glmimage_comfy_vae = vae
-        vae_model._glmimage_patcher = vae.patcher
+        adopt(vae_model, vae.patcher)  # a generic patcher made before gives way
     return vae
 
 
@@ -98,8 +96,6 @@ def preview_factors(vae_model: VAEModel, pictures: int = 12, size: int = 128, se
     each latent pixel). Returns (factors [C][3], bias [3]) as ComfyUI's
     Latent2RGB previewer takes them; costs one small VAE encode.
     """
-    from ..glmimage_core.memory import ensure_on_device
-
     scale = vae_model.scale_factor
     g = torch.Generator().manual_seed(seed)
     blocks = torch.rand(pictures, 3, size // 16, size // 16, generator=g)

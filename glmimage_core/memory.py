@@ -80,6 +80,14 @@ def patcher_of(owner: object):
     return getattr(owner, _PATCHER_ATTR, None)
 
 
+def adopt(owner: object, patcher) -> None:
+    """Make `patcher` (a ComfyUI MODEL's or VAE's own) `owner`'s one patcher, so that every path loads,
+    streams and offloads the same weights; a patcher made before gives way (leaves ComfyUI's manager)."""
+    if patcher_of(owner) is not patcher:
+        forget(owner)
+        setattr(owner, _PATCHER_ATTR, patcher)
+
+
 def _unload(mm, patcher) -> None:
     """Take `patcher`'s model off its device and out of ComfyUI's list of loaded models."""
     for index in reversed(range(len(mm.current_loaded_models))):
