@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from .errors import GlmImageInputError
+from .runtime import DEVICE_CHOICES
 from .shapes import GridShape
 
 
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int)
     gen.add_argument("--shape", help="grid as <sop>H W<eop> (tokens of 32 px)")
     gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    gen.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    gen.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
     gen.add_argument("--name", default="glm_image", help="file name stem")
     gen.set_defaults(func=_generate)
     return parser

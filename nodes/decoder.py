@@ -1,13 +1,11 @@
 from ..glmimage_comfy.sampling import decode_vram, decode_with_comfy, describe_decoder
 from ..glmimage_core import decoder_loading
-from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.decoding import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
-from ..glmimage_core.images import split_batch
 from .api import ADVANCED, io
 from .loader import model_choices, require_model
 from .messages import show_message
-from .native import VRAM_LIMIT_TOOLTIP, WEIGHT_DTYPE_TOOLTIP, vram_limit_bytes
+from .native import device_input, dit_weight_dtype_input, source_images, vram_limit_bytes, vram_limit_input
 from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
 
 
@@ -27,12 +25,9 @@ class GLMImageDecoderLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights).",
                                **ADVANCED),
-                io.Combo.Input("device", options=["auto", "gpu", "cpu"], default="auto",
-                               tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow.", **ADVANCED),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
-                               tooltip=WEIGHT_DTYPE_TOOLTIP),
-                io.Float.Input("vram_limit_gb", default=0.0, min=0.0, max=256.0, step=0.5,
-                               tooltip=VRAM_LIMIT_TOOLTIP, **ADVANCED),
+                device_input(),
+                dit_weight_dtype_input(),
+                vram_limit_input(),
             ],
             outputs=[GlmImageDecoder.Output("decoder", display_name="decoder", tooltip="The diffusion decoder."),
                      io.String.Output("memory", display_name="memory",
@@ -85,14 +80,9 @@ class GLMImageDecode(io.ComfyNode):
     @classmethod
     def execute(cls, decoder, prior, prompt: str, steps: int, guidance: float, seed: int, source_image=None,
                 source_image_2=None) -> io.NodeOutput:
-        sources = []
-        if source_image is not None:
-            sources += split_batch(source_image, "source_image")
-        if source_image_2 is not None:
-            sources += split_batch(source_image_2, "source_image_2")
         note = decode_vram(decoder, prior, guidance)
         if note:
             show_message(note)
-        pixels = decode_with_comfy(decoder, prior, prompt.strip() or None, steps, guidance, seed, sources or None,
-                                   decoder.vram_limit)
+        pixels = decode_with_comfy(decoder, prior, prompt.strip() or None, steps, guidance, seed,
+                                   source_images(source_image, source_image_2), decoder.vram_limit)
         return io.NodeOutput(pixels)

@@ -2,8 +2,10 @@
 
 from ..glmimage_core import decoder_loading, vram_plan
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
+from ..glmimage_core.decoding import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
+from ..glmimage_core.runtime import DEVICE_CHOICES
 from ..glmimage_comfy.conditioning import build_conditioning
 from ..glmimage_comfy.native_model import native_model
 from ..glmimage_comfy.sampling import glm_sigmas
@@ -27,8 +29,29 @@ def vram_limit_bytes(vram_limit_gb: float) -> int | None:
 
 
 def device_input() -> io.Combo.Input:
-    return io.Combo.Input("device", options=["auto", "gpu", "cpu"], default="auto",
+    return io.Combo.Input("device", options=list(DEVICE_CHOICES), default="auto",
                           tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow.", **ADVANCED)
+
+
+def dit_weight_dtype_input() -> io.Combo.Input:
+    """The DiT's weight_dtype, on the DiT loader and the decoder loader."""
+    return io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
+                          tooltip=WEIGHT_DTYPE_TOOLTIP)
+
+
+def vram_limit_input() -> io.Float.Input:
+    return io.Float.Input("vram_limit_gb", default=0.0, min=0.0, max=256.0, step=0.5, tooltip=VRAM_LIMIT_TOOLTIP,
+                          **ADVANCED)
+
+
+def source_images(source_image, source_image_2) -> list | None:
+    """The image-to-image sources of a decode or conditioning node, one picture each, in the prompt's order."""
+    sources = []
+    if source_image is not None:
+        sources += split_batch(source_image, "source_image")
+    if source_image_2 is not None:
+        sources += split_batch(source_image_2, "source_image_2")
+    return sources or None
 
 
 def dtype_input() -> io.Combo.Input:
@@ -48,10 +71,8 @@ class GLMImageDiTLoader(io.ComfyNode):
                         "LoRA loaders and model patches. Condition it with 'GLM-Image conditioning'.",
             inputs=[
                 io.Combo.Input("model", options=model_choices(), tooltip=MODEL_TOOLTIP),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
-                               tooltip=WEIGHT_DTYPE_TOOLTIP),
-                io.Float.Input("vram_limit_gb", default=0.0, min=0.0, max=256.0, step=0.5,
-                               tooltip=VRAM_LIMIT_TOOLTIP, **ADVANCED),
+                dit_weight_dtype_input(),
+                vram_limit_input(),
                 dtype_input(),
                 device_input(),
             ],
@@ -152,12 +173,8 @@ class GLMImageConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, model, glyph_encoder, prior, prompt: str, vae=None, source_image=None,
                 source_image_2=None) -> io.NodeOutput:
-        sources = []
-        if source_image is not None:
-            sources += split_batch(source_image, "source_image")
-        if source_image_2 is not None:
-            sources += split_batch(source_image_2, "source_image_2")
-        cond = build_conditioning(model, glyph_encoder, prior, prompt.strip() or None, vae, sources or None)
+        cond = build_conditioning(model, glyph_encoder, prior, prompt.strip() or None, vae,
+                                  source_images(source_image, source_image_2))
         return io.NodeOutput(cond.model, cond.positive, cond.negative, cond.latent)
 
 
@@ -171,7 +188,7 @@ class GLMImageScheduler(io.ComfyNode):
             description="GLM-Image's own schedule as SIGMAS, for SamplerCustom / SamplerCustomAdvanced. KSampler's "
                         "'simple' scheduler gives the same at 50 steps; this one is exact at any step count.",
             inputs=[io.Model.Input("model", tooltip="The MODEL from 'GLM-Image conditioning' (its shift is used)."),
-                    io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (50 = the authors').")],
+                    io.Int.Input("steps", default=50, min=1, max=MAX_STEPS, tooltip="Denoising steps (50 = the authors').")],
             outputs=[io.Sigmas.Output("sigmas", display_name="SIGMAS", tooltip="The noise levels per step.")],
         )
 
