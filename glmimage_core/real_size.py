@@ -56,12 +56,16 @@ def build_ar(layers: int = 40, vision_depth: int = 40, dtype: torch.dtype = torc
     The output head is biased towards codebook ids (as the tiny demo model is),
     so sampling fills grids instead of ending them early.
     """
+    return _random_ar(ar_config(layers, vision_depth, vocab_size), dtype, device, seed)
+
+
+def _random_ar(config, dtype: torch.dtype, device: torch.device | str, seed: int):
+    """`config`'s model with random weights on `device`, its output head biased towards codebook ids."""
     from transformers import GlmImageForConditionalGeneration
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = GlmImageForConditionalGeneration._from_config(ar_config(layers, vision_depth, vocab_size),
-                                                              dtype=dtype)
+        model = GlmImageForConditionalGeneration._from_config(config, dtype=dtype)
     model.eval().requires_grad_(False)
     if torch.device(device).type != "meta":
         with torch.no_grad():
@@ -103,16 +107,7 @@ def build_ar_with_processor(layers: int = 40, vision_depth: int = 40, dtype: tor
     config = ar_config(layers, vision_depth)
     config.text_config.pad_token_id = tokenizer.pad_token_id
     config.image_token_id = tokenizer.convert_tokens_to_ids("<|image|>")
-    from transformers import GlmImageForConditionalGeneration
-
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = GlmImageForConditionalGeneration._from_config(config, dtype=dtype)
-    model.eval().requires_grad_(False)
-    if torch.device(device).type != "meta":
-        with torch.no_grad():
-            model.lm_head.weight[CODEBOOK:] = 0
-            model.lm_head.weight[:CODEBOOK] *= 10
+    model = _random_ar(config, dtype, device, seed)
     model.generation_config = GenerationConfig(do_sample=True, temperature=0.9, top_p=0.75, eos_token_id=IMAGE_END,
                                                pad_token_id=tokenizer.pad_token_id, bos_token_id=IMAGE_START)
     return model, processor

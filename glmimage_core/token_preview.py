@@ -143,7 +143,10 @@ def model_palette(model: torch.nn.Module, codebook_size: int) -> torch.Tensor | 
         return colours
 
 
-def _check_palette(palette: torch.Tensor, codebook_size: int) -> torch.Tensor:
+def _colours(codebook_size: int, palette: torch.Tensor | None) -> torch.Tensor:
+    """[codebook_size, 3] float colours on the CPU: `palette` checked, or the fixed hues when None."""
+    if palette is None:
+        return hue_palette(codebook_size)
     if palette.ndim != 2 or tuple(palette.shape) != (codebook_size, 3):
         raise GlmImageInputError(f"palette must be [{codebook_size}, 3] colours for a codebook of "
                                  f"{codebook_size} ids, got shape {tuple(palette.shape)}")
@@ -167,7 +170,7 @@ def render_grid(grids: torch.Tensor, codebook_size: int, cell: int = 8,
     if int(grids.min()) < 0 or int(grids.max()) >= codebook_size:
         raise GlmImageInputError(f"token ids must be in 0..{codebook_size - 1}, "
                                  f"got {int(grids.min())}..{int(grids.max())}")
-    colours = hue_palette(codebook_size) if palette is None else _check_palette(palette, codebook_size)
+    colours = _colours(codebook_size, palette)
     image = colours[grids.long().cpu()]  # [N,H,W,3]
     return image.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2).contiguous()
 
@@ -185,7 +188,7 @@ class LiveGridPreview:
 
     def __init__(self, shape: GridShape, mode: str, codebook_size: int,
                  palette: torch.Tensor | None = None, max_px: int = PREVIEW_MAX_PX) -> None:
-        colours = hue_palette(codebook_size) if palette is None else _check_palette(palette, codebook_size)
+        colours = _colours(codebook_size, palette)
         lut = (colours * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
         self._lut = np.concatenate([lut, np.array([UNFILLED_RGB, INVALID_RGB], dtype=np.uint8)])
         self._unfilled, self._invalid = codebook_size, codebook_size + 1
