@@ -60,6 +60,13 @@ def prompt_node(w, ar, text):
     w.link(ar, 0, node, "ar_model")
     return node
 
+def sized_prompt(w, ar, shape_widgets, text):
+    """The shape node (left, below the AR loader) feeding a prompt node: the start of every text-to-image graph."""
+    shape = w.node("GLMImageShape", (0, SIDE_Y), shape_widgets, outputs=SHAPE_OUT, size=(320, 340))
+    prompt = prompt_node(w, ar, text)
+    w.link(shape, 0, prompt, "shape")
+    return prompt
+
 def chain(w, ar, prompt_node, x, y, seed, name, preview_y=140):
     gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
                  inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
@@ -97,11 +104,8 @@ out = Path(sys.argv[1])
 # text to image
 w = WF()
 ar = ar_loader(w)
-shape = w.node("GLMImageShape", (0, SIDE_Y), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
-               size=(320, 340))
 prompt_text = 'A cosy reading nook by a rainy window, warm lamp light, a mug that says "GLM"'
-prompt = prompt_node(w, ar, prompt_text)
-w.link(shape, 0, prompt, "shape")
+prompt = sized_prompt(w, ar, ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], prompt_text)
 ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i")
 if DECODE:
     decoder(w, ext, prompt_text, 780, ROW2_Y, "glm_image_t2i", seed=42)
@@ -124,11 +128,8 @@ if DECODE:
     # sample once, save, load, decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, SIDE_Y), ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], outputs=SHAPE_OUT,
-                   size=(320, 340))
     text = 'A lighthouse on a cliff at dusk, a sign that reads "TOKENS"'
-    prompt = prompt_node(w, ar, text)
-    w.link(shape, 0, prompt, "shape")
+    prompt = sized_prompt(w, ar, ["tag", 1024, 1024, 32, 32, "<sop>24 32<eop>"], text)
     # the token preview lower down: Save (above it) grows with the name of the file it wrote
     ext = chain(w, ar, prompt, 780, 0, 1234, "glm_image_roundtrip", preview_y=210)
     save = w.node("GLMImageSaveTokens", (1460, 0), ["glm_image/tokens"], inputs=[("prior", "GLMIMAGE_PRIOR")],
@@ -146,11 +147,8 @@ if DECODE:
     # the DiT as a native MODEL: tokens -> conditioning -> KSampler -> VAE Decode
     w = WF()
     ar = ar_loader(w)
-    shape = w.node("GLMImageShape", (0, SIDE_Y), ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], outputs=SHAPE_OUT,
-                   size=(320, 340))
     text = 'A street cafe at night, a neon sign that says "KSampler"'
-    prompt = prompt_node(w, ar, text)
-    w.link(shape, 0, prompt, "shape")
+    prompt = sized_prompt(w, ar, ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], text)
     ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
     dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 400), ["GLM-Image", "default", 0.0, "auto", "auto"],
                  outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 180))
