@@ -16,20 +16,8 @@ PY=${PYTHON:-python3}
 CACHE=$REPO/.cache
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
-say() { printf '[setup-0.33] %s\n' "$*"; }
-die() { printf '[setup-0.33] ERROR: %s\n' "$*" >&2; exit 1; }
-hash_of() { cat "$@" | sha1sum | cut -c1-12; }
-stamp_ok() { [ "${GLMIMAGE_SETUP_FORCE:-0}" != 1 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-# pip of the venv whose python is $1, quiet, but its errors are shown and stop the script.
-pip_in() {
-  local py=$1 log status=0
-  shift
-  log=$(mktemp)
-  "$py" -m pip "$@" -q >"$log" 2>&1 || status=$?
-  grep -v "is ignored: it is neither" "$log" >&2 || true
-  rm -f "$log"
-  [ "$status" -eq 0 ] || die "pip $1 failed (exit $status): see the messages above"
-}
+SETUP_TAG=setup-0.33
+source scripts/setup_lib.sh  # say, die, hash_of, stamp_ok, pip_in
 mkdir -p "$CACHE"
 
 t0=$SECONDS

