@@ -17,7 +17,7 @@ import comfy.samplers
 import latent_preview
 
 from ..glmimage_core import vram_plan
-from ..glmimage_core.decoder_loading import DecoderBundle
+from ..glmimage_core.decoder_loading import DecoderBundle, DiTModel
 from ..glmimage_core.decoding import glm_timesteps
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.memory import patcher_of
@@ -86,10 +86,14 @@ def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | N
     return decode_tiled_if_needed(vae, samples)
 
 
+def describe_dit(dit: DiTModel) -> str:
+    """What the DiT loaders report: the DiT's bytes on the GPU with its weight_dtype and with the others."""
+    return vram_plan.describe_weights("GLM-Image DiT", dit.inventory, vram_plan.WeightOption(dit.weight_dtype),
+                                      vram_plan.DIT_OPTIONS, dit.dtype)
+
+
 def describe_decoder(bundle: DecoderBundle) -> str:
     """What the decoder loader reports: the DiT's bytes on the GPU per option, plus the VAE and glyph encoder."""
-    dit = bundle.dit
-    chosen = vram_plan.WeightOption(dit.weight_dtype)
-    text = vram_plan.describe_weights("GLM-Image DiT", dit.inventory, chosen, vram_plan.DIT_OPTIONS, dit.dtype)
+    text = describe_dit(bundle.dit)
     others = sum(p.numel() * p.element_size() for m in (bundle.vae, bundle.text_encoder) for p in m.parameters())
     return text + f"; VAE + glyph encoder {vram_plan.gb(others)}"

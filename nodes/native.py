@@ -1,6 +1,6 @@
 """GLM-Image as native ComfyUI models: DiT -> MODEL, VAE -> VAE, tokens -> CONDITIONING for stock samplers."""
 
-from ..glmimage_core import decoder_loading, vram_plan
+from ..glmimage_core import decoder_loading
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.decoding import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
@@ -8,7 +8,7 @@ from ..glmimage_core.images import split_batch
 from ..glmimage_core.runtime import DEVICE_CHOICES
 from ..glmimage_comfy.conditioning import build_conditioning
 from ..glmimage_comfy.native_model import native_model
-from ..glmimage_comfy.sampling import glm_sigmas
+from ..glmimage_comfy.sampling import describe_dit, glm_sigmas
 from ..glmimage_comfy.vae import comfy_vae, preview_factors
 from .api import ADVANCED, io
 from .loader import model_choices, require_model
@@ -89,8 +89,7 @@ class GLMImageDiTLoader(io.ComfyNode):
         dit = decoder_loading.load_dit(folder, dtype=dtype, device=device, weight_dtype=weight_dtype)
         vae_model = lambda: decoder_loading.load_vae(folder, dtype=dtype, device=device)  # noqa: E731
         patcher = native_model(dit, lambda: preview_factors(vae_model()), vram_limit_bytes(vram_limit_gb))
-        memory = vram_plan.describe_weights("GLM-Image DiT", dit.inventory, vram_plan.WeightOption(weight_dtype),
-                                            vram_plan.DIT_OPTIONS, dit.dtype)
+        memory = describe_dit(dit)
         show_message(memory)
         return io.NodeOutput(patcher, memory)
 
