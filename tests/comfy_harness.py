@@ -388,6 +388,11 @@ def _links_by_id(workflow: dict) -> dict:
     return out
 
 
+def node_id(prompt: dict, class_type: str) -> str:
+    """The id of the (first) node of `class_type` in an API prompt."""
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
 def workflow_to_api_prompt(workflow: dict, object_info: dict) -> dict:
     """A saved UI workflow -> the API prompt `{node_id: {"class_type", "inputs"}}` that /prompt takes.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.comfy_harness import input_specs, is_widget, widget_values, workflow_to_api_prompt
+from tests.comfy_harness import input_specs, is_widget, node_id, widget_values, workflow_to_api_prompt
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 PACK_NODES = ["GLMImageARLoader", "GLMImageShape", "GLMImagePrompt", "GLMImageGenerateTokens",
@@ -85,16 +85,16 @@ def test_changing_only_decode_settings_does_not_rerun_the_token_stage(comfy_serv
     workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" /
                            "glm_image_text_to_image.json").read_text())
     prompt = workflow_to_api_prompt(workflow, object_info)
-    shape_id = next(k for k, v in prompt.items() if v["class_type"] == "GLMImageShape")
+    shape_id = node_id(prompt, "GLMImageShape")
     prompt[shape_id]["inputs"].update(size_from="pixels", width=96, height=128)  # small: quick on a CPU
-    decode_id = next(k for k, v in prompt.items() if v["class_type"] == "GLMImageDecode")
+    decode_id = node_id(prompt, "GLMImageDecode")
     prompt[decode_id]["inputs"]["steps"] = 4
     comfy_server.run(prompt)
     prompt[decode_id]["inputs"]["steps"] = 3
     prompt[decode_id]["inputs"]["seed"] = 99
     entry = comfy_server.run(prompt)
     cached = next(m[1]["nodes"] for m in entry["status"]["messages"] if m[0] == "execution_cached")
-    generate_id = next(k for k, v in prompt.items() if v["class_type"] == "GLMImageGenerateTokens")
+    generate_id = node_id(prompt, "GLMImageGenerateTokens")
     assert generate_id in cached and decode_id not in cached, cached
 
 
@@ -102,7 +102,7 @@ def test_bad_input_is_reported_with_the_input_named(comfy_server, object_info):
     workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" /
                            "glm_image_text_to_image.json").read_text())
     prompt = workflow_to_api_prompt(workflow, object_info)
-    shape_id = next(k for k, v in prompt.items() if v["class_type"] == "GLMImageShape")
+    shape_id = node_id(prompt, "GLMImageShape")
     prompt[shape_id]["inputs"].update(size_from="tag", tag="<sop>36x24<eop>")
     with pytest.raises(Exception, match=r"malformed: write it as <sop>H W<eop>"):
         comfy_server.run(prompt)

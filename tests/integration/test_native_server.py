@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.comfy_harness import workflow_to_api_prompt
+from tests.comfy_harness import node_id, workflow_to_api_prompt
 from tests.integration.conftest import FULL_MODEL_NAME
 
 KSAMPLER_WORKFLOW = Path(__file__).resolve().parents[2] / "example_workflows" / "glm_image_ksampler.json"
@@ -23,10 +23,6 @@ def object_info(comfy_server):
 @pytest.fixture
 def prompt(object_info):
     return workflow_to_api_prompt(json.loads(KSAMPLER_WORKFLOW.read_text()), object_info)
-
-
-def node_id(prompt: dict, class_type: str) -> str:
-    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
 
 def final_pixels(server, entry) -> np.ndarray:

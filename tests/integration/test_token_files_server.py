@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from glmimage_core.prior import PriorTokens
 from glmimage_core.token_files import save_prior
-from tests.comfy_harness import ComfyError, input_specs, workflow_to_api_prompt
+from tests.comfy_harness import ComfyError, input_specs, node_id, workflow_to_api_prompt
 
 LOAD = "GLMImageLoadTokens"
 ROUNDTRIP = Path(__file__).resolve().parents[2] / "example_workflows" / "glm_image_tokens_roundtrip.json"
@@ -148,7 +148,7 @@ def test_the_roundtrip_workflow_is_cached_on_a_second_run(comfy_server, object_i
     comfy_server.run(prompt)
     entry = comfy_server.run(prompt)
     cached = next(m[1]["nodes"] for m in entry["status"]["messages"] if m[0] == "execution_cached")
-    load_id = next(k for k, v in prompt.items() if v["class_type"] == LOAD)
+    load_id = node_id(prompt, LOAD)
     assert set(prompt) <= set(cached), (sorted(set(prompt) - set(cached)), cached)
     assert load_id in cached
 
