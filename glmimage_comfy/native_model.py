@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -285,11 +286,12 @@ def _clear_source_kv(executor, *args, **kwargs):
             diffusion.clear_source_kv()
 
 
-def native_model(dit: DiTModel, preview_factors=None, max_resident: int | None = None):
+def native_model(dit: DiTModel, preview_factors=None):
     """The ComfyUI `MODEL` (a ModelPatcher over `GlmImageModel`) of a loaded DiT; one per DiT, reused.
 
     It becomes the DiT's one patcher for the whole pack, so the decode node and
-    KSampler load, stream and offload the same weights.
+    KSampler load, stream and offload the same weights. It is shared by every
+    loader of that DiT, so it carries no per-run option: see `with_vram_limit`.
     """
     patcher = patcher_of(dit)
     if patcher is None or not isinstance(patcher.model, GlmImageModel):
@@ -302,28 +304,34 @@ def native_model(dit: DiTModel, preview_factors=None, max_resident: int | None =
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY,
                                      _clear_source_kv)
         adopt(dit, patcher)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
-    set_vram_limit(patcher, max_resident)
     return patcher
 
 
 LIMIT_WRAPPER_KEY = "glm_image_vram_limit"
 
 
-def set_vram_limit(patcher, max_resident: int | None) -> None:
-    """Keep at most `max_resident` bytes of the DiT on the GPU while sampling (None: ComfyUI decides)."""
-    patcher.model.glm_vram_limit = max_resident
-    if max_resident is not None:
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, LIMIT_WRAPPER_KEY,
-                                     _limit_resident)
+def with_vram_limit(model_patcher, max_resident: int | None):
+    """The MODEL a loader with a VRAM limit hands out: keeps at most `max_resident` bytes of the DiT on the GPU
+    while it samples (None: ComfyUI decides, and the MODEL is returned as it is).
+
+    The DiT and its patcher are shared by every loader of the same folder, so the limit must not live on them
+    (two loaders with different limits in one graph: the last one would win for both). It lives in a clone's
+    SAMPLER_SAMPLE wrapper instead, which ComfyUI copies into every later clone (conditioning, LoRA, patches),
+    so each sampler runs with the limit of the loader it is wired to."""
+    if max_resident is None:
+        return model_patcher
+    clone = model_patcher.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, LIMIT_WRAPPER_KEY,
+                               functools.partial(_limit_resident, max_resident=int(max_resident)))
+    return clone
 
 
-def _limit_resident(executor, *args, **kwargs):
+def _limit_resident(executor, *args, max_resident: int, **kwargs):
     """SAMPLER_SAMPLE wrapper: after ComfyUI loaded the model for this run, stream what exceeds the limit."""
     guider = args[0] if args else None
     patcher = getattr(guider, "model_patcher", None)
-    limit = getattr(getattr(patcher, "model", None), "glm_vram_limit", None)
-    if patcher is not None and limit is not None:
-        limit_resident(patcher, limit)
+    if patcher is not None:
+        limit_resident(patcher, max_resident)
     return executor(*args, **kwargs)
 
 
@@ -338,4 +346,4 @@ def with_shift_for(model_patcher, height: int, width: int):
 
 
 __all__ = ["GlmImageModel", "GlmImageLatentFormat", "SourceImages", "native_model", "with_shift_for",
-           "calculate_shift", "unshifted_sigma"]
+           "with_vram_limit", "calculate_shift", "unshifted_sigma"]

@@ -23,7 +23,7 @@ from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.memory import patcher_of
 from ..glmimage_core.prior import PriorTokens
 from .conditioning import build_conditioning
-from .native_model import native_model
+from .native_model import native_model, with_vram_limit
 from .vae import comfy_vae, preview_factors
 
 
@@ -73,7 +73,7 @@ def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | N
                       seed: int, source_images: list[torch.Tensor] | None = None, max_resident: int | None = None):
     """[N, H, W, 3] pixels: conditioning -> ComfyUI sampler (euler, GLM schedule) -> ComfyUI VAE decode."""
     vae = comfy_vae(bundle.vae_model)
-    model = native_model(bundle.dit, lambda: preview_factors(bundle.vae_model), max_resident)
+    model = with_vram_limit(native_model(bundle.dit, lambda: preview_factors(bundle.vae_model)), max_resident)
     cond = build_conditioning(model, bundle.glyph, prior, prompt, vae, source_images)
     latent = cond.latent["samples"]
     noise = comfy.sample.prepare_noise(latent, seed)

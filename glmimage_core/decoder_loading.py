@@ -155,7 +155,8 @@ class DecoderBundle:
     path: str
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Most bytes of the DiT kept on the GPU while decoding (the rest streams); None = ComfyUI decides.
-    #: A placement choice, not part of the weights: the loader node sets it on the cached bundle.
+    #: A placement choice, not part of the weights: each loader node hands out its own copy of the cached
+    #: bundle (`dataclasses.replace`: same parts, same lock) with its own limit.
     vram_limit: int | None = None
 
     # The parts as plain modules (what the decode steps and the tests read).

@@ -1,3 +1,5 @@
+import dataclasses
+
 from ..glmimage_comfy.sampling import decode_vram, decode_with_comfy, describe_decoder
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.decoding import MAX_STEPS
@@ -38,9 +40,10 @@ class GLMImageDecoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, dtype: str, device: str, weight_dtype: str = "default",
                 vram_limit_gb: float = 0.0) -> io.NodeOutput:
-        bundle = decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device,
+        shared = decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device,
                                               weight_dtype=weight_dtype)
-        bundle.vram_limit = vram_limit_bytes(vram_limit_gb)
+        # The loaded parts are shared by every loader of this folder; the VRAM limit is this loader's own.
+        bundle = dataclasses.replace(shared, vram_limit=vram_limit_bytes(vram_limit_gb))
         memory = describe_decoder(bundle)
         show_message(memory)
         return io.NodeOutput(bundle, memory)

@@ -7,7 +7,7 @@ from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
 from ..glmimage_core.runtime import DEVICE_CHOICES
 from ..glmimage_comfy.conditioning import build_conditioning
-from ..glmimage_comfy.native_model import native_model
+from ..glmimage_comfy.native_model import native_model, with_vram_limit
 from ..glmimage_comfy.sampling import describe_dit, glm_sigmas
 from ..glmimage_comfy.vae import comfy_vae, preview_factors
 from .api import ADVANCED, io
@@ -88,7 +88,8 @@ class GLMImageDiTLoader(io.ComfyNode):
         folder = require_model(model)
         dit = decoder_loading.load_dit(folder, dtype=dtype, device=device, weight_dtype=weight_dtype)
         vae_model = lambda: decoder_loading.load_vae(folder, dtype=dtype, device=device)  # noqa: E731
-        patcher = native_model(dit, lambda: preview_factors(vae_model()), vram_limit_bytes(vram_limit_gb))
+        patcher = with_vram_limit(native_model(dit, lambda: preview_factors(vae_model())),
+                                  vram_limit_bytes(vram_limit_gb))
         memory = describe_dit(dit)
         show_message(memory)
         return io.NodeOutput(patcher, memory)

@@ -206,7 +206,44 @@ def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
     assert model.loaded_size() <= budget < model.model_size()
     assert sum(getattr(m, "comfy_cast_weights", False) for m in bundle.transformer.modules()) > 10
     assert torch.equal(streamed, full)
-    pk("glmimage_comfy.native_model").set_vram_limit(model, None)
+
+
+def test_two_loaders_of_one_dit_each_sample_with_their_own_vram_limit(pk, root, bundle, native):
+    """Two 'Load GLM-Image DiT' (and two 'Load GLM-Image decoder') nodes on the same folder in one graph share the
+    loaded weights but not the VRAM limit: each sampler runs with the limit of the loader it is wired to, whatever
+    the order the loaders ran in (before, the limit was written onto the shared model: the last loader won)."""
+    import comfy.sample
+    import comfy.samplers
+
+    nodes = pk("nodes")
+    budget_gb = 0.2 * native[0].model_size() / (1 << 30)
+    common = dict(model=str(root), weight_dtype="default", dtype="fp32", device="cpu")
+    limited = nodes.GLMImageDiTLoader.execute(vram_limit_gb=budget_gb, **common)[0]
+    unlimited = nodes.GLMImageDiTLoader.execute(vram_limit_gb=0.0, **common)[0]  # ran last: won before the fix
+    assert limited.model is unlimited.model  # one DiT in memory
+    cond_mod = pk("glmimage_comfy.conditioning")
+    prior = t2i_prior(pk, batch=1, seed=5)
+
+    def resident_while_sampling(model) -> int:
+        cond = cond_mod.build_conditioning(model, bundle.glyph, prior)
+        latent = cond.latent["samples"]
+        seen = []
+        comfy.sample.sample_custom(cond.model, comfy.sample.prepare_noise(latent, 0), 1.5,
+                                   comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.5, 0.0]),
+                                   cond.positive, cond.negative, latent, disable_pbar=True,
+                                   callback=lambda *args: seen.append(cond.model.loaded_size()))
+        return max(seen)
+
+    full = unlimited.model_size()
+    for _ in range(2):  # alternating: each run gets its own loader's limit again
+        assert resident_while_sampling(limited) <= budget_gb * (1 << 30) < full
+        assert resident_while_sampling(unlimited) == full
+    # the decoder loader: one bundle of parts, one limit per loader
+    node = nodes.GLMImageDecoderLoader
+    small = node.execute(model=str(root), dtype="fp32", device="cpu", vram_limit_gb=budget_gb)[0]
+    whole = node.execute(model=str(root), dtype="fp32", device="cpu", vram_limit_gb=0.0)[0]
+    assert small.dit is whole.dit and small.lock is whole.lock
+    assert small.vram_limit == int(budget_gb * (1 << 30)) and whole.vram_limit is None
 
 
 # --------------------------------------------------------------------------- VAE and previews
