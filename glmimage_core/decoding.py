@@ -54,7 +54,8 @@ MAX_STEPS = 1000
 
 
 def get_glyph_texts(prompt: str) -> list[str]:
-    """The text the picture should show: everything in '...', “...”, "..." or 「...」.
+    """The text the picture should show: everything in '...', “...”, "..." or corner brackets
+    (U+300C ... U+300D).
 
     Same order and patterns as diffusers (single quotes first), because the
     glyph encoder sees the texts concatenated in that order.
@@ -63,7 +64,7 @@ def get_glyph_texts(prompt: str) -> list[str]:
         re.findall(r"'([^']*)'", prompt)
         + re.findall(r"\u201c([^\u201c\u201d]*)\u201d", prompt)
         + re.findall(r'"([^"]*)"', prompt)
-        + re.findall(r"「([^「」]*)」", prompt)
+        + re.findall(r"\u300c([^\u300c\u300d]*)\u300d", prompt)
     )
 
 

@@ -113,9 +113,9 @@ def test_chinese_locale_covers_the_schema_exactly_and_is_translated(nodes, make_
             for number in NUMBER.findall(english_text):
                 assert number in chinese, f"{where}: {number} of {english_text!r} is missing in {chinese!r}"
             assert ("<sop>H W<eop>" in english_text) == ("<sop>H W<eop>" in chinese), where
-    # one word for 'token' throughout: 词元, not its alternative 令牌
+    # one word for 'token' throughout: ciyuan (\u8bcd\u5143), not its alternative lingpai (\u4ee4\u724c)
     text = json.dumps(zh, ensure_ascii=False)
-    assert "词元" in text and "令牌" not in text
+    assert "\u8bcd\u5143" in text and "\u4ee4\u724c" not in text
 
 
 def test_locale_files_are_what_the_script_writes(make_locales):

@@ -150,3 +150,20 @@ def test_registry_security_scan_is_clean():
     result = subprocess.run([_ruff(), "check", ".", "-q", "--no-cache", "--select", "S102,S307,E702",
                              "--extend-exclude", ".cache"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_sources_are_cp1252_encodable():
+    """Windows tools that read a node pack's files with the default code page (cp1252), e.g. comfy-test's
+    SYNTAX level, choke on characters outside it: non-Latin text in sources is written as \\u escapes."""
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.toml", "*.txt", "*.sh", "*.cfg", "*.ini"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert tracked, "git ls-files found no sources"
+    bad = []
+    for name in tracked:
+        text = (REPO / name).read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                line.encode("cp1252")
+            except UnicodeEncodeError as err:
+                bad.append(f"{name}:{number}: {line[err.start:err.end]!r}")
+    assert not bad, "not encodable in cp1252 (write \\uXXXX escapes):\n" + "\n".join(bad)

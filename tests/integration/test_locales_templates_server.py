@@ -69,8 +69,8 @@ def test_i18n_serves_the_pack_strings_in_english_and_chinese(comfy_server, pack_
             for input_name, spec in (info["input"].get(group) or {}).items():
                 assert en[name]["inputs"][input_name]["tooltip"] == spec[1]["tooltip"], (name, input_name)
     zh = served["zh"]["nodeDefs"]
-    assert zh["GLMImageGenerateTokens"]["display_name"] == "GLM-Image 生成词元"
-    assert zh["GLMImageShape"]["outputs"]["1"]["name"] == "宽度（像素）"
+    assert zh["GLMImageGenerateTokens"]["display_name"] == "GLM-Image \u751f\u6210\u8bcd\u5143"
+    assert zh["GLMImageShape"]["outputs"]["1"]["name"] == "\u5bbd\u5ea6\uff08\u50cf\u7d20\uff09"
 
 
 def test_example_workflows_are_templates_with_thumbnails(comfy_server):
