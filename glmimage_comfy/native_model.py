@@ -332,6 +332,10 @@ def _limit_resident(executor, *args, max_resident: int, **kwargs):
     patcher = getattr(guider, "model_patcher", None)
     if patcher is not None:
         limit_resident(patcher, max_resident)
+        if patcher.loaded_size() < patcher.model_size():  # nothing slow without a word
+            log.info("GLM-Image DiT: %s of its %s kept on %s (the loader's vram_limit_gb %s); the rest streams "
+                     "from RAM at every step", vram_plan.gb(patcher.loaded_size()), vram_plan.gb(patcher.model_size()),
+                     patcher.load_device, vram_plan.gb(max_resident))
     return executor(*args, **kwargs)
 
 
