@@ -4,6 +4,7 @@
     python3 -m venv /tmp/pwenv && /tmp/pwenv/bin/pip install playwright   # scratch venv; no `playwright install`
     PYTHONPATH=/tmp/pwenv/lib/python3.11/site-packages .venv/bin/python scripts/freeze_workflows.py 0.1.0 --commit 2b338d0
     PYTHONPATH=... .venv/bin/python scripts/freeze_workflows.py 0.2.0      # the working tree: the release being made
+    PYTHONPATH=... .venv/bin/python scripts/freeze_workflows.py --check    # the current editor reads them as the tests do
 
 Writes tests/fixtures/workflows/<version>/:
 
@@ -20,6 +21,11 @@ tests/integration/test_saved_workflows.py runs every version folder found there 
 freezing a release is all it takes to keep its workflows working. Nothing is run here (graphToPrompt does
 not queue); a workflow with a node type the editor does not know, or whose API prompt leaves out one of
 its nodes, stops the script.
+
+--check freezes nothing: it opens every frozen editor workflow in the CURRENT pack's editor and checks that
+what the editor sends is what the server test's converter (workflow_to_api_prompt, old widgets_values read
+by position) reads, apart from the widgets added since, which the editor fills in at their defaults. (That
+old values land on the inputs they were saved for is the server test's own check, against api/.)
 """
 
 from __future__ import annotations
@@ -89,38 +95,38 @@ def export_api(page, workflow: dict, name: str) -> dict:
     return output
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("version", help="the release, e.g. 0.1.0: the folder name under tests/fixtures/workflows")
-    parser.add_argument("--commit", help="the release's git commit; default: the working tree")
-    args = parser.parse_args()
-
+def in_editor(pack: Path, scratch: Path, work) -> tuple[dict, str | None]:
+    """Starts ComfyUI with `pack`, opens its editor and returns (work(page, server), frontend version)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.comfy_harness import comfyui_version, COMFYUI_DIR
+    server = start_server(scratch / "comfy", pack)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server.url, wait_until="networkidle")
+            page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+            page.wait_for_timeout(1500)
+            frontend = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
+            result = work(page, server)
+            browser.close()
+    finally:
+        server.stop()
+    return result, frontend
 
-    commit = git("rev-parse", args.commit).strip() if args.commit else None
-    out = FIXTURES / args.version
+
+def freeze(version: str, commit: str | None) -> int:
+    from tests.comfy_harness import COMFYUI_DIR, comfyui_version
+
+    out = FIXTURES / version
     with tempfile.TemporaryDirectory(prefix="glmimage-freeze-") as tmp:
         scratch = Path(tmp)
         pack = pack_tree(commit, scratch)
         sources = sorted((pack / "example_workflows").glob("*.json"))
         if not sources:
             raise SystemExit(f"no example_workflows/*.json in {commit or 'the working tree'}")
-        server = start_server(scratch / "comfy", pack)
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.goto(server.url, wait_until="networkidle")
-                page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=180_000)
-                page.wait_for_timeout(1500)
-                frontend = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
-                exported = {path.name: export_api(page, json.loads(path.read_text()), path.name)
-                            for path in sources}
-                browser.close()
-        finally:
-            server.stop()
+        exported, frontend = in_editor(pack, scratch, lambda page, server: {
+            path.name: export_api(page, json.loads(path.read_text()), path.name) for path in sources})
         if out.exists():
             shutil.rmtree(out)
         (out / "editor").mkdir(parents=True)
@@ -129,8 +135,8 @@ def main() -> int:
             shutil.copyfile(path, out / "editor" / path.name)
             # Export (API): JSON.stringify(output, null, 2), which json.dumps(indent=2) writes the same way
             (out / "api" / path.name).write_text(json.dumps(exported[path.name], indent=2, ensure_ascii=False))
-            print(f"{args.version}/{path.name}: {len(exported[path.name])} nodes")
-    source = {"version": args.version, "commit": commit or git("rev-parse", "HEAD").strip() + " (working tree)",
+            print(f"{version}/{path.name}: {len(exported[path.name])} nodes")
+    source = {"version": version, "commit": commit or git("rev-parse", "HEAD").strip() + " (working tree)",
               "editor": "example_workflows/*.json of that commit, as they are",
               "api": "the editor's Export (API): (await app.graphToPrompt()).output with that commit's pack "
                      "installed, in headless Chromium (scripts/freeze_workflows.py)",
@@ -139,6 +145,63 @@ def main() -> int:
     print(f"wrote {out.relative_to(REPO)} ({len(sources)} workflows; ComfyUI {source['comfyui']}, "
           f"frontend {frontend})")
     return 0
+
+
+def check_current() -> int:
+    """Opens every frozen editor workflow in the CURRENT pack's real editor: every value it sends must be the
+    one workflow_to_api_prompt (the tests' converter) reads by position, and the only inputs it adds are the
+    widgets new since that release, at their defaults. Confirms that the server test's reading of old
+    widgets_values is the editor's."""
+    from tests.comfy_harness import input_specs, workflow_to_api_prompt
+
+    files = sorted(FIXTURES.glob("*/editor/*.json"))
+
+    def compare(page, server):
+        info, problems = server.object_info(), []
+        for path in files:
+            label = f"{path.parents[1].name}/{path.name}"
+            workflow = json.loads(path.read_text())
+            real, converted = export_api(page, workflow, label), workflow_to_api_prompt(workflow, info)
+            added = []
+            for nid, node in real.items():
+                ours = converted[nid]["inputs"]
+                problems += [f"{label} node {nid} {node['class_type']}.{k}: editor {v!r}, converter {ours[k]!r}"
+                             for k, v in node["inputs"].items() if k in ours and ours[k] != v]
+                problems += [f"{label} node {nid} {node['class_type']}.{k}: the editor does not send it"
+                             for k in ours if k not in node["inputs"]]
+                defaults = {name: options.get("default") for name, _, options in
+                            input_specs(info.get(node["class_type"], {}))}
+                for k, v in node["inputs"].items():
+                    if k in ours:
+                        continue
+                    added.append(f"{node['class_type']}.{k}={v!r}")
+                    if node["class_type"].startswith("GLMImage") and v != defaults.get(k):
+                        problems.append(f"{label} node {nid} {node['class_type']}.{k}: the editor adds {v!r}, "
+                                        f"not the default {defaults.get(k)!r}")
+            print(f"{label}: same values; the editor adds {', '.join(added) or 'nothing'}")
+        return problems
+
+    with tempfile.TemporaryDirectory(prefix="glmimage-check-") as tmp:
+        problems, frontend = in_editor(REPO, Path(tmp), compare)
+    print(f"(ComfyUI editor frontend {frontend})")
+    for problem in problems:
+        print("PROBLEM:", problem)
+    return 1 if problems else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("version", nargs="?", help="the release, e.g. 0.1.0: the folder under tests/fixtures/workflows")
+    parser.add_argument("--commit", help="the release's git commit; default: the working tree")
+    parser.add_argument("--check", action="store_true",
+                        help="freeze nothing: open every frozen editor workflow in the current pack's editor and "
+                             "compare what it sends with what the tests' converter reads")
+    args = parser.parse_args()
+    if args.check:
+        return check_current()
+    if not args.version:
+        parser.error("give the version to freeze (or --check)")
+    return freeze(args.version, git("rev-parse", args.commit).strip() if args.commit else None)
 
 
 if __name__ == "__main__":
