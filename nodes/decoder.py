@@ -28,8 +28,9 @@ class GLMImageDecoderLoader(io.ComfyNode):
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights).",
                                **ADVANCED),
                 device_input(),
-                dit_weight_dtype_input(),
-                vram_limit_input(),
+                # Added after 0.1.0: optional, so a 0.1.0 API prompt without them still runs (same as before).
+                dit_weight_dtype_input(optional=True),
+                vram_limit_input(optional=True),
             ],
             outputs=[GlmImageDecoder.Output("decoder", display_name="decoder", tooltip="The diffusion decoder."),
                      io.String.Output("memory", display_name="memory",

@@ -44,7 +44,7 @@ class GLMImageGenerateTokens(io.ComfyNode):
                                  tooltip="When the AR model does not fit in free VRAM: off = stop and say which "
                                          "loader option fits (weight_dtype fp8, quantization nf4); on = stream its "
                                          "layers from RAM on every token (works, but 10-50x slower).",
-                                 **ADVANCED),
+                                 optional=True, **ADVANCED),  # added after 0.1.0: absent = off, as 0.1.0
             ],
             outputs=[GlmImageTokens.Output("tokens", display_name="tokens",
                                            tooltip="The sampled ids, for 'GLM-Image extract tokens'."),

@@ -52,7 +52,8 @@ class GLMImageARLoader(io.ComfyNode):
                                tooltip="How the weights are stored: default = the dtype above (bf16: ~17.6 GB on "
                                        "the GPU); fp8_e4m3fn / fp8_e5m2 = 8-bit storage (~8.9 GB), computed in "
                                        "the dtype above (ComfyUI's own weight_dtype option). Any GPU, no extra "
-                                       "package; use it or quantization, not both."),
+                                       "package; use it or quantization, not both.",
+                               optional=True),  # added after 0.1.0: absent = default, as 0.1.0 loaded
             ],
             outputs=[GlmImageAR.Output("ar_model", display_name="AR model", tooltip="The AR model and its processor."),
                      io.String.Output("memory", display_name="memory",

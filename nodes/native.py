@@ -33,15 +33,15 @@ def device_input() -> io.Combo.Input:
                           tooltip="auto/gpu = ComfyUI's compute device; cpu is very slow.", **ADVANCED)
 
 
-def dit_weight_dtype_input() -> io.Combo.Input:
-    """The DiT's weight_dtype, on the DiT loader and the decoder loader."""
+def dit_weight_dtype_input(optional: bool = False) -> io.Combo.Input:
+    """The DiT's weight_dtype, on the DiT loader and the decoder loader (optional there: added after 0.1.0)."""
     return io.Combo.Input("weight_dtype", options=WEIGHT_DTYPE_CHOICES, default="default",
-                          tooltip=WEIGHT_DTYPE_TOOLTIP)
+                          tooltip=WEIGHT_DTYPE_TOOLTIP, optional=optional)
 
 
-def vram_limit_input() -> io.Float.Input:
+def vram_limit_input(optional: bool = False) -> io.Float.Input:
     return io.Float.Input("vram_limit_gb", default=0.0, min=0.0, max=256.0, step=0.5, tooltip=VRAM_LIMIT_TOOLTIP,
-                          **ADVANCED)
+                          optional=optional, **ADVANCED)
 
 
 def source_images(source_image, source_image_2) -> list | None:

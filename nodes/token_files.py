@@ -43,6 +43,9 @@ def _chosen(token_file, file) -> tuple[str, str]:
     """(name, input it came from): the linked 'file' wins over the dropdown."""
     if file is not None:
         return file, "file"
+    if token_file is None:  # optional since 0.2.0 (0.1.0 prompts name only 'file')
+        raise GlmImageInputError("token_file: choose a token file, or connect 'file' (e.g. from 'Save GLM-Image "
+                                 "tokens')")
     if token_file == NO_TOKEN_FILES:
         raise GlmImageInputError(f"token_file: there are no token files in input/ or output/{OUTPUT_SUBFOLDER}/ "
                                  f"yet. Save some with 'Save GLM-Image tokens' and refresh (R), or connect "
@@ -108,7 +111,9 @@ class GLMImageLoadTokens(io.ComfyNode):
             description="Reads tokens written by 'Save GLM-Image tokens' (safetensors only, from ComfyUI's input/, "
                         "output/ or temp/ folder; the file's header is checked before anything else is read).",
             inputs=[
-                io.Combo.Input("token_file", options=token_file_choices(), tooltip=TOKEN_FILE_TOOLTIP),
+                # Added after 0.1.0 (whose one input was 'file'): optional, so a 0.1.0 API prompt still runs.
+                io.Combo.Input("token_file", options=token_file_choices(), tooltip=TOKEN_FILE_TOOLTIP,
+                               optional=True),
                 io.String.Input("file", optional=True, force_input=True, tooltip=FILE_TOOLTIP),
             ],
             outputs=[GlmImagePrior.Output("prior", display_name="prior", tooltip="The loaded token grid(s).")],
@@ -141,7 +146,7 @@ class GLMImageLoadTokens(io.ComfyNode):
         return f"{name}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
-    def execute(cls, token_file: str, file: str | None = None) -> io.NodeOutput:
+    def execute(cls, token_file: str | None = None, file: str | None = None) -> io.NodeOutput:
         name, what = _chosen(token_file, file)
         path = _token_path(name, what)
         try:
