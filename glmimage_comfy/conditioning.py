@@ -60,7 +60,7 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
     batch = inputs.grids.shape[0]
     ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1)
     keep = torch.zeros(batch, 1, dtype=torch.long)
-    common = {"glm_prior_ids": ids}
+    common = {"glm_prior_ids": ids, "glm_size": (inputs.height, inputs.width)}  # size: for latent checks
     if inputs.source_grids:
         if vae is None:
             raise GlmImageInputError("vae: image-to-image tokens need the VAE to read their source images; connect "

@@ -169,13 +169,21 @@ def is_flow_sampling(sampling) -> bool:
     return bool(steps[1] > 0 and torch.isclose(steps[0] * 4, steps[1], rtol=1e-5).item())
 
 
+def _sampling_kind(sampling) -> str:
+    """'ModelSamplingDiscrete + V_PREDICTION' for a stock node's local class: its schedule and prediction."""
+    cls = type(sampling)
+    if "<locals>" in cls.__qualname__ and cls.__bases__ != (object,):
+        return " + ".join(base.__name__ for base in cls.__bases__)
+    return cls.__name__
+
+
 def require_flow_sampling(sampling) -> None:
     """Refuse eps/v/EDM/... model sampling on GLM-Image's DiT, naming the node that set it."""
     if not is_flow_sampling(sampling):
         name = sampling_node_name(sampling)
         raise GlmImageInputError(
             f"{name}: GLM-Image is a flow-matching model (its DiT predicts a velocity on a 0..1 noise scale); "
-            f"this {type(sampling).__name__} model sampling cannot drive it: remove the node or use "
+            f"its {_sampling_kind(sampling)} sampling cannot drive it: remove the node or use "
             f"ModelSamplingSD3 / ModelSamplingAuraFlow / ModelSamplingFlux to change the schedule's shift")
 
 
@@ -321,7 +329,7 @@ class GlmImageModel(comfy.model_base.BaseModel):
                                      "conditioning'; GLM-Image's DiT needs its tokens and glyph embeddings")
         noise = kwargs.get("noise")
         if noise is not None:
-            check_latent_matches(noise, prior_ids, self.dit)
+            check_latent_matches(noise, prior_ids, self.dit, kwargs.get("glm_size"))
         out = {
             "glm_glyphs": GlyphCond(glyphs),
             "glm_glyph_lengths": comfy.conds.CONDRegular(torch.tensor([glyphs.shape[1]])),
@@ -342,17 +350,28 @@ class GlmImageModel(comfy.model_base.BaseModel):
                                         act_bytes=self.diffusion_model.compute_dtype.itemsize)
 
 
-def check_latent_matches(latent: torch.Tensor, prior_ids: torch.Tensor, dit: DiTModel) -> None:
-    """The LATENT given to the sampler must have the tokens' picture size (and their count)."""
+def check_latent_matches(latent: torch.Tensor, prior_ids: torch.Tensor, dit: DiTModel,
+                         size: tuple[int, int] | None = None) -> None:
+    """The LATENT given to the sampler must have the tokens' picture size (and their count): GLM-Image's DiT
+    renders one prior token per latent patch, so it cannot sample a latent of another size (an upscaled one)
+    with these tokens. `size` is the tokens' (height, width) in px, from the conditioning."""
     patch = dit.patch_size
     height, width = latent.shape[-2], latent.shape[-1]
     expected = prior_ids.shape[-1]
     if height % patch or width % patch or (height // patch) * (width // patch) != expected:
-        side = int(math.isqrt(expected))
+        scale = dit.vae_scale_factor
+        if size is not None:
+            tokens = f"{int(size[1])}x{int(size[0])} px"
+        else:
+            side = int(math.isqrt(expected))
+            tokens = f"{expected} DiT patches (e.g. {side * patch * scale}x{side * patch * scale} px)"
         raise GlmImageInputError(
-            f"latent: the sampler's latent is {width * dit.vae_scale_factor}x{height * dit.vae_scale_factor} px but "
-            f"the GLM-Image tokens are for a picture of {expected * 256} px ({expected} DiT patches, e.g. "
-            f"{side * 16}x{side * 16}): connect 'GLM-Image conditioning''s latent output to the sampler")
+            f"latent: the sampler's latent is {width * scale}x{height * scale} px but the GLM-Image tokens are for "
+            f"{tokens}: connect 'GLM-Image conditioning''s LATENT output to the sampler (or a VAE Encode of a "
+            f"picture of the tokens' size). GLM-Image's DiT renders only at its tokens' size, so a latent upscale "
+            f"cannot reuse them: for a second pass at a larger size, make tokens for that size (a multiple of "
+            f"32 px: 'GLM-Image shape' -> generate -> 'GLM-Image conditioning') and give the upscaled latent to "
+            f"that sampler with denoise < 1")
     if prior_ids.shape[0] not in (1, latent.shape[0]):
         raise GlmImageInputError(f"latent: its batch holds {latent.shape[0]} pictures but the GLM-Image tokens hold "
                                  f"{prior_ids.shape[0]}: use the conditioning node's latent output (one per grid)")

@@ -345,7 +345,9 @@ def test_bad_inputs_name_what_is_wrong(pk, bundle, native):
         cond_mod.build_conditioning(model, bundle.glyph, i2i_prior(pk), None, None, [picture(64, 96)])
     cond = cond_mod.build_conditioning(model, bundle.glyph, t2i_prior(pk, batch=1))
     wrong = torch.zeros(1, 4, 24, 24)  # a 192x192 latent for 96x128 tokens
-    with pytest.raises(errors.GlmImageInputError, match="latent: the sampler's latent is 192x192 px"):
+    with pytest.raises(errors.GlmImageInputError, match="latent: the sampler's latent is 192x192 px but the GLM-Image "
+                                                         "tokens are for 96x128 px: .*a second pass at a larger size, "
+                                                         "make tokens for that size"):
         comfy.sample.sample(cond.model, comfy.sample.prepare_noise(wrong, 0), 2, 1.5, "euler", "simple",
                             cond.positive, cond.negative, wrong, disable_pbar=True)
     import comfy.model_patcher
