@@ -6,6 +6,11 @@ text's glyph embeddings and the same ids, dropped. For image-to-image both
 carry the source images (raw VAE latents + their d16 ids); the positive rows
 read them through the DiT's keys/values, the negative rows do not. The checks
 are the decode node's own (glmimage_core.decoding.validate).
+
+The MODEL output gets GLM-Image's shift for the tokens' size, unless a stock
+flow model-sampling node (ModelSamplingSD3 / AuraFlow / Flux) was placed before
+the conditioning node: that explicit choice is kept (and said). Non-flow model
+sampling is refused here, with the node named.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from ..glmimage_core.decoder_loading import DiTModel, GlyphEncoder
-from ..glmimage_core.decoding import encode_glyphs, validate
+from ..glmimage_core.decoding import encode_glyphs, image_seq_len, shift_for, validate
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import resize_rgb, to_rgb
 from ..glmimage_core.prior import PriorTokens, upsample_d32_to_d16
-from .native_model import GlmImageModel, SourceImages, with_shift_for
+from .native_model import (GlmImageModel, GlmImageModelSampling, SourceImages, linear_shift_of,
+                           require_flow_sampling, sampling_node_name, with_shift_for)
 
 
 @dataclass
@@ -28,6 +34,7 @@ class GlmConditioning:
     positive: list
     negative: list
     latent: dict  # ComfyUI LATENT: zeros of the tokens' size, one per grid
+    note: str | None = None  # for the user: a model-sampling node's schedule was kept
 
 
 def dit_of(model_patcher) -> DiTModel:
@@ -53,7 +60,7 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
     batch = inputs.grids.shape[0]
     ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1)
     keep = torch.zeros(batch, 1, dtype=torch.long)
-    common = {"glm_prior_ids": ids}
+    common = {"glm_prior_ids": ids, "glm_size": (inputs.height, inputs.width)}  # size: for latent checks
     if inputs.source_grids:
         if vae is None:
             raise GlmImageInputError("vae: image-to-image tokens need the VAE to read their source images; connect "
@@ -66,8 +73,23 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
     neg = [[negative, {**common, "glm_prior_drop": 1 - keep, "glm_read_sources": keep}]]
     scale = dit.vae_scale_factor
     latent = torch.zeros(batch, dit.latent_channels, inputs.height // scale, inputs.width // scale)
-    return GlmConditioning(model=with_shift_for(model_patcher, inputs.height, inputs.width), positive=pos,
-                           negative=neg, latent={"samples": latent})
+    model, note = _scheduled(model_patcher, dit, inputs.height, inputs.width)
+    return GlmConditioning(model=model, positive=pos, negative=neg, latent={"samples": latent}, note=note)
+
+
+def _scheduled(model_patcher, dit: DiTModel, height: int, width: int):
+    """(MODEL, note): GLM-Image's shift for the size in place of the pack's own default; a stock flow
+    model-sampling node's schedule kept as the user placed it; anything else refused with its node named."""
+    sampling = model_patcher.get_model_object("model_sampling")
+    if isinstance(sampling, GlmImageModelSampling):
+        return with_shift_for(model_patcher, height, width), None
+    require_flow_sampling(sampling)
+    mu = shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
+    theirs = linear_shift_of(sampling)
+    shift = f" (linear shift {theirs:.4g})" if theirs is not None else ""
+    return model_patcher, (f"model: keeping the schedule of {sampling_node_name(sampling)}{shift} placed before this "
+                           f"node; GLM-Image's own for {width}x{height} px is shift {mu:.4g} (remove that node to "
+                           "use it)")
 
 
 def _encode(vae, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,12 @@
   ComfyUI's call convention to the pack's one DiT forward (glmimage_core.dit_forward).
 - Sampling is flow matching (`ModelSamplingDiscreteFlow` + `CONST`, like SD3 and
   Flux) with shift = GLM-Image's mu for the picture size. The DiT was trained on
-  the *unshifted* timestep minus one: `process_timestep` undoes the shift that
-  ComfyUI's sigma carries, so any ComfyUI sampler and scheduler feeds it what
-  diffusers' pipeline feeds it.
+  the *unshifted* timestep minus one: `process_timestep` maps the noise level
+  sigma back through GLM-Image's own mu for the latent's size (never through the
+  sampling object's shift), so any ComfyUI sampler and scheduler feeds it what
+  diffusers' pipeline feeds it, and a stock flow model-sampling node
+  (ModelSamplingSD3 / AuraFlow / Flux) only changes the schedule. Non-flow
+  model sampling (ModelSamplingDiscrete eps/v, EDM, ...) is refused by name.
 - Latents are normalised per channel (`GlmImageLatentFormat`, the VAE config's
   latents_mean / latents_std), so stock `VAE Decode` gets raw VAE latents, and
   the latent-to-RGB preview factors are fitted from the VAE itself on first use.
@@ -116,7 +119,10 @@ class GlmImageModelConfig(comfy.supported_models_base.BASE):
 
 
 class GlmImageModelSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-    """Flow matching with GLM-Image's linear time shift (mu); `for_size` makes the one a picture size needs."""
+    """Flow matching with GLM-Image's linear time shift (mu): the pack's own schedule.
+
+    Its class tells the pack's own default (which 'GLM-Image conditioning' replaces
+    with the shift for the tokens' size) from a stock model-sampling node's (kept)."""
 
 
 def model_sampling_for(model_config, shift: float):
@@ -128,6 +134,90 @@ def model_sampling_for(model_config, shift: float):
 def unshifted_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     """Inverse of the time shift sigma' = s*sigma / (1 + (s-1)*sigma)."""
     return sigma / (shift - (shift - 1.0) * sigma)
+
+
+def sampling_node_name(sampling) -> str:
+    """The node that made a model_sampling object, for messages. Stock nodes build a local class inside their
+    patch method (`ModelSamplingSD3.patch.<locals>.ModelSamplingAdvanced`); AuraFlow reuses SD3's with
+    multiplier 1."""
+    if isinstance(sampling, GlmImageModelSampling):
+        return "GLM-Image conditioning"
+    qualname = type(sampling).__qualname__
+    name = qualname.split(".")[0] if "<locals>" in qualname else type(sampling).__name__
+    if name == "ModelSamplingSD3" and float(getattr(sampling, "multiplier", 1000)) == 1.0:
+        return "ModelSamplingAuraFlow"
+    if name == "model_sampling":  # comfy.model_base's own default for a model type
+        return "the model's default model sampling"
+    return name
+
+
+def is_flow_sampling(sampling) -> bool:
+    """Flow matching as GLM-Image's DiT needs it: x = sigma*noise + (1-sigma)*x0 with sigma in 0..1, a velocity
+    output (CONST's formulas, not overridden as IMG_TO_IMG_FLOW does) and a timestep linear in sigma."""
+    if not isinstance(sampling, comfy.model_sampling.CONST):
+        return False
+    cls = type(sampling)
+    if (cls.calculate_denoised is not comfy.model_sampling.CONST.calculate_denoised
+            or cls.noise_scaling is not comfy.model_sampling.CONST.noise_scaling):
+        return False
+    try:
+        if float(sampling.sigma_max) > 1.0 + 1e-4:
+            return False
+        probe = torch.tensor([0.25, 1.0])
+        steps = sampling.timestep(probe).float()
+    except Exception:
+        return False
+    return bool(steps[1] > 0 and torch.isclose(steps[0] * 4, steps[1], rtol=1e-5).item())
+
+
+def _sampling_kind(sampling) -> str:
+    """'ModelSamplingDiscrete + V_PREDICTION' for a stock node's local class: its schedule and prediction."""
+    cls = type(sampling)
+    if "<locals>" in cls.__qualname__ and cls.__bases__ != (object,):
+        return " + ".join(base.__name__ for base in cls.__bases__)
+    return cls.__name__
+
+
+def require_flow_sampling(sampling) -> None:
+    """Refuse eps/v/EDM/... model sampling on GLM-Image's DiT, naming the node that set it."""
+    if not is_flow_sampling(sampling):
+        name = sampling_node_name(sampling)
+        raise GlmImageInputError(
+            f"{name}: GLM-Image is a flow-matching model (its DiT predicts a velocity on a 0..1 noise scale); "
+            f"its {_sampling_kind(sampling)} sampling cannot drive it: remove the node or use "
+            f"ModelSamplingSD3 / ModelSamplingAuraFlow / ModelSamplingFlux to change the schedule's shift")
+
+
+def timestep_scale(sampling) -> float:
+    """What ComfyUI's timestep is per unit of sigma for a flow sampling (1000 for SD3, 1 for AuraFlow/Flux)."""
+    return float(sampling.timestep(torch.tensor(1.0)))
+
+
+def linear_shift_of(sampling) -> float | None:
+    """The schedule's shift as GLM-Image's linear mu (Flux's exponential shift s is the linear exp(s))."""
+    shift = getattr(sampling, "shift", None)
+    if shift is None:
+        return None
+    if isinstance(sampling, comfy.model_sampling.ModelSamplingFlux):
+        return math.exp(float(shift))
+    return float(shift)
+
+
+def latent_shift(dit: DiTModel, latent: torch.Tensor) -> float:
+    """GLM-Image's mu for a latent's picture size (DiT patches of its last two dims)."""
+    patch = dit.patch_size
+    return shift_for(dit.scheduler_config, (latent.shape[-2] // patch) * (latent.shape[-1] // patch))
+
+
+def dit_timestep(sigma: torch.Tensor, mu: float) -> torch.Tensor:
+    """The timestep GLM-Image's DiT was trained on for noise level `sigma`: unshifted by its mu, * 1000, - 1."""
+    return unshifted_sigma(sigma, mu) * 1000.0 - 1.0
+
+
+def dit_timestep_for(sampling, timestep: torch.Tensor, latent: torch.Tensor, dit: DiTModel) -> torch.Tensor:
+    """`GlmImageModel.process_timestep`: ComfyUI's `sampling.timestep(sigma)` -> the DiT's timestep for `latent`."""
+    require_flow_sampling(sampling)
+    return dit_timestep(timestep / timestep_scale(sampling), latent_shift(dit, latent))
 
 
 # --------------------------------------------------------------------------- conditioning payload
@@ -215,17 +305,22 @@ class GlmImageModel(comfy.model_base.BaseModel):
 
     def __init__(self, model_config: GlmImageModelConfig, dit: DiTModel, device=None) -> None:
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+        # the pack's own class, so the conditioning node knows its default from a stock node's patch
+        self.model_sampling = model_sampling_for(model_config, float(model_config.sampling_settings["shift"]))
         self.diffusion_model = GlmImageDiffusionModel(dit)
         self.dit = dit
 
     def get_dtype(self) -> torch.dtype:
         return self.diffusion_model.dtype
 
-    def process_timestep(self, timestep, **kwargs):
-        """ComfyUI passes sigma * 1000 of the *shifted* schedule; the DiT wants the unshifted timestep - 1."""
-        sampling = self.model_sampling
-        sigma = timestep / sampling.multiplier
-        return unshifted_sigma(sigma, float(sampling.shift)) * sampling.multiplier - 1.0
+    def process_timestep(self, timestep, x, **kwargs):
+        """ComfyUI passes `model_sampling.timestep(sigma)`; the DiT wants the timestep it was trained on for that
+        noise level: sigma unshifted by GLM-Image's mu for the latent's size, * 1000, - 1.
+
+        The noise level is recovered with the sampling's own timestep scale (1000 for SD3 and the pack's, 1 for
+        AuraFlow and Flux), never from its shift: a model-sampling node changes which noise levels are visited,
+        not what the DiT is told a noise level means."""
+        return dit_timestep_for(self.model_sampling, timestep, x, self.dit)
 
     def extra_conds(self, **kwargs) -> dict:
         prior_ids = kwargs.get("glm_prior_ids")
@@ -235,7 +330,7 @@ class GlmImageModel(comfy.model_base.BaseModel):
                                      "conditioning'; GLM-Image's DiT needs its tokens and glyph embeddings")
         noise = kwargs.get("noise")
         if noise is not None:
-            check_latent_matches(noise, prior_ids, self.dit)
+            check_latent_matches(noise, prior_ids, self.dit, kwargs.get("glm_size"))
         out = {
             "glm_glyphs": GlyphCond(glyphs),
             "glm_glyph_lengths": comfy.conds.CONDRegular(torch.tensor([glyphs.shape[1]])),
@@ -256,17 +351,28 @@ class GlmImageModel(comfy.model_base.BaseModel):
                                         act_bytes=self.diffusion_model.compute_dtype.itemsize)
 
 
-def check_latent_matches(latent: torch.Tensor, prior_ids: torch.Tensor, dit: DiTModel) -> None:
-    """The LATENT given to the sampler must have the tokens' picture size (and their count)."""
+def check_latent_matches(latent: torch.Tensor, prior_ids: torch.Tensor, dit: DiTModel,
+                         size: tuple[int, int] | None = None) -> None:
+    """The LATENT given to the sampler must have the tokens' picture size (and their count): GLM-Image's DiT
+    renders one prior token per latent patch, so it cannot sample a latent of another size (an upscaled one)
+    with these tokens. `size` is the tokens' (height, width) in px, from the conditioning."""
     patch = dit.patch_size
     height, width = latent.shape[-2], latent.shape[-1]
     expected = prior_ids.shape[-1]
     if height % patch or width % patch or (height // patch) * (width // patch) != expected:
-        side = int(math.isqrt(expected))
+        scale = dit.vae_scale_factor
+        if size is not None:
+            tokens = f"{int(size[1])}x{int(size[0])} px"
+        else:
+            side = int(math.isqrt(expected))
+            tokens = f"{expected} DiT patches (e.g. {side * patch * scale}x{side * patch * scale} px)"
         raise GlmImageInputError(
-            f"latent: the sampler's latent is {width * dit.vae_scale_factor}x{height * dit.vae_scale_factor} px but "
-            f"the GLM-Image tokens are for a picture of {expected * 256} px ({expected} DiT patches, e.g. "
-            f"{side * 16}x{side * 16}): connect 'GLM-Image conditioning''s latent output to the sampler")
+            f"latent: the sampler's latent is {width * scale}x{height * scale} px but the GLM-Image tokens are for "
+            f"{tokens}: connect 'GLM-Image conditioning''s LATENT output to the sampler (or a VAE Encode of a "
+            f"picture of the tokens' size). GLM-Image's DiT renders only at its tokens' size, so a latent upscale "
+            f"cannot reuse them: for a second pass at a larger size, make tokens for that size (a multiple of "
+            f"32 px: 'GLM-Image shape' -> generate -> 'GLM-Image conditioning') and give the upscaled latent to "
+            f"that sampler with denoise < 1")
     if prior_ids.shape[0] not in (1, latent.shape[0]):
         raise GlmImageInputError(f"latent: its batch holds {latent.shape[0]} pictures but the GLM-Image tokens hold "
                                  f"{prior_ids.shape[0]}: use the conditioning node's latent output (one per grid)")
@@ -340,7 +446,8 @@ def _limit_resident(executor, *args, max_resident: int, **kwargs):
 
 
 def with_shift_for(model_patcher, height: int, width: int):
-    """A clone of the MODEL whose schedule has GLM-Image's shift for a `width` x `height` px picture."""
+    """A clone of the MODEL whose schedule has GLM-Image's shift for a `width` x `height` px picture (replacing any
+    model sampling it had; conditioning.build_conditioning keeps a stock node's instead)."""
     model = model_patcher.model
     dit: DiTModel = model.dit
     shift = shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
@@ -350,4 +457,5 @@ def with_shift_for(model_patcher, height: int, width: int):
 
 
 __all__ = ["GlmImageModel", "GlmImageLatentFormat", "SourceImages", "native_model", "with_shift_for",
-           "with_vram_limit", "calculate_shift", "unshifted_sigma"]
+           "with_vram_limit", "calculate_shift", "unshifted_sigma", "require_flow_sampling", "timestep_scale",
+           "dit_timestep"]

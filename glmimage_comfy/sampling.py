@@ -23,17 +23,19 @@ from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.memory import patcher_of
 from ..glmimage_core.prior import PriorTokens
 from .conditioning import build_conditioning
-from .native_model import native_model, with_vram_limit
+from .native_model import native_model, require_flow_sampling, timestep_scale, with_vram_limit
 from .vae import comfy_vae, preview_factors
 
 
 def glm_sigmas(model_patcher, steps: int) -> torch.Tensor:
     """GLM-Image's schedule for a MODEL (its shift): shifted linspace(1000, 1, steps+1)[:-1] / 1000, then 0.
 
-    ComfyUI's "simple" scheduler gives exactly these at 50 steps; this is exact at any step count."""
+    ComfyUI's "simple" scheduler gives exactly these at 50 steps; this is exact at any step count. Any flow model
+    sampling works (its own timestep scale: 1000 for SD3, 1 for AuraFlow / Flux); others are refused by name."""
     sampling = model_patcher.get_model_object("model_sampling")
+    require_flow_sampling(sampling)
     timesteps = torch.from_numpy(glm_timesteps(steps, 1000)) / 1000.0
-    return torch.cat([sampling.sigma(timesteps * sampling.multiplier).float(), torch.zeros(1)])
+    return torch.cat([sampling.sigma(timesteps * timestep_scale(sampling)).float(), torch.zeros(1)])
 
 
 def decode_tiled_if_needed(vae, samples: torch.Tensor) -> torch.Tensor:

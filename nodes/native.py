@@ -143,7 +143,8 @@ class GLMImageConditioning(io.ComfyNode):
             category=CATEGORY,
             description="GLM-Image tokens as conditioning for ComfyUI's samplers: positive (tokens + lettering), "
                         "negative (GLM-Image's unguided branch), the MODEL with the schedule for the tokens' size, "
-                        "and an empty LATENT of that size. KSampler: euler, simple, 50 steps, cfg 1.5.",
+                        "and an empty LATENT of that size. KSampler: euler, simple, 50 steps, cfg 1.5. A "
+                        "ModelSamplingSD3 / AuraFlow / Flux node placed before this one keeps its own shift.",
             inputs=[
                 io.Model.Input("model", tooltip="From 'Load GLM-Image DiT' (LoRA and patches may come between)."),
                 GlmImageGlyph.Input("glyph_encoder", tooltip="From 'Load GLM-Image glyph encoder'."),
@@ -161,7 +162,8 @@ class GLMImageConditioning(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output("patched_model", display_name="MODEL",
-                                tooltip="The model with GLM-Image's schedule (shift) for these tokens' size."),
+                                tooltip="The model with GLM-Image's schedule (shift) for these tokens' size, or "
+                                        "the shift of a model-sampling node placed before this one."),
                 io.Conditioning.Output("positive", display_name="positive", tooltip="Tokens kept, lettering."),
                 io.Conditioning.Output("negative", display_name="negative",
                                        tooltip="Tokens dropped, no lettering: GLM-Image's unguided branch."),
@@ -175,6 +177,8 @@ class GLMImageConditioning(io.ComfyNode):
                 source_image_2=None) -> io.NodeOutput:
         cond = build_conditioning(model, glyph_encoder, prior, prompt.strip() or None, vae,
                                   source_images(source_image, source_image_2))
+        if cond.note:
+            show_message(cond.note)
         return io.NodeOutput(cond.model, cond.positive, cond.negative, cond.latent)
 
 

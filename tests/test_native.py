@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 import threading
 
 import numpy as np
@@ -147,8 +148,84 @@ def test_glm_schedule_is_ksamplers_simple_at_50_steps_and_diffusers_at_any(pk, n
     scheduler.set_timesteps(timesteps=timesteps, sigmas=timesteps / 1000, mu=3.25)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 30), scheduler.sigmas.float(), atol=1e-6, rtol=0)
     # the DiT sees the unshifted timestep minus one, whatever sigma ComfyUI hands over
-    seen = model.model.process_timestep(sampling.timestep(scheduler.sigmas[:-1]).float())
+    latent = torch.zeros(1, 4, 128, 128)  # a 1024x1024 px latent: mu 3.25
+    seen = model.model.process_timestep(sampling.timestep(scheduler.sigmas[:-1]).float(), x=latent)
     torch.testing.assert_close(seen, torch.from_numpy(timesteps) - 1, atol=2e-3, rtol=0)
+
+
+def flux_inputs_for(mu: float) -> dict:
+    """ModelSamplingFlux inputs whose exponential shift equals GLM-Image's linear `mu` (exp(shift) = mu).
+    Flux's shift = (w*h/256)*mm + b with mm = (max-base)/3840, b = base - 256*mm; at 16x16 px and base 0 it is
+    -255*max/3840, negative as ln(mu) is for the small pictures (mu < 1) the tests render."""
+    return {"max_shift": -math.log(mu) * 3840 / 255, "base_shift": 0.0, "width": 16, "height": 16}
+
+
+def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told(pk, bundle, native):
+    """The DiT's timestep comes from the noise level and GLM-Image's own mu for the latent's size, whatever
+    model sampling made the schedule: ModelSamplingSD3 (timestep = 1000 sigma), AuraFlow (= sigma) and Flux
+    (= sigma, exponential shift, no `multiplier`) all tell it t - 1 for GLM's sigmas. (The code before read
+    `sampling.multiplier` / `.shift`: AttributeError on Flux, 1000x too small a timestep on AuraFlow.)"""
+    from comfy_extras import nodes_model_advanced as advanced
+
+    nm = pk("glmimage_comfy.native_model")
+    errors = pk("glmimage_core.errors")
+    model = native[0]
+    latent = torch.zeros(1, 4, 16, 12)  # 96x128 px
+    mu = nm.latent_shift(bundle.dit, latent)
+    assert abs(mu - ((48 / 256) ** 0.5 * 0.75 + 0.25)) < 1e-9  # 6x8 DiT patches
+    timesteps = torch.from_numpy(pk("glmimage_core.decoding").glm_timesteps(8))
+    sigmas = mu * (timesteps / 1000) / (1 + (mu - 1) * (timesteps / 1000))  # GLM's shifted sigmas
+    patched = {
+        "ModelSamplingSD3": advanced.ModelSamplingSD3().patch(model, shift=mu)[0],
+        "ModelSamplingSD3 shift 3": advanced.ModelSamplingSD3().patch(model, shift=3.0)[0],
+        "ModelSamplingAuraFlow": advanced.ModelSamplingAuraFlow().patch_aura(model, shift=mu)[0],
+        "ModelSamplingFlux": advanced.ModelSamplingFlux().patch(model, **flux_inputs_for(mu))[0],
+    }
+    reference = pk("glmimage_comfy.sampling").glm_sigmas(nm.with_shift_for(model, 128, 96), 8)
+    for name, patcher in patched.items():
+        sampling = patcher.get_model_object("model_sampling")
+        seen = nm.dit_timestep_for(sampling, sampling.timestep(sigmas).float(), latent, bundle.dit)
+        torch.testing.assert_close(seen, timesteps - 1, atol=2e-3, rtol=0, msg=name)
+        if name != "ModelSamplingSD3 shift 3":  # the same shift: the same schedule as the pack's own
+            got = pk("glmimage_comfy.sampling").glm_sigmas(patcher, 8)
+            torch.testing.assert_close(got, reference, atol=1e-5, rtol=0, msg=name)
+    # eps / v-prediction model sampling is refused by its node's name, at sampling time and at the scheduler
+    discrete = advanced.ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
+    sampling = discrete.get_model_object("model_sampling")
+    with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: GLM-Image is a flow-matching"):
+        nm.dit_timestep_for(sampling, torch.tensor([500.0]), latent, bundle.dit)
+    with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: .* use ModelSamplingSD3"):
+        pk("glmimage_comfy.sampling").glm_sigmas(discrete, 8)
+
+
+def test_conditioning_keeps_a_users_model_sampling_and_replaces_only_its_own(pk, bundle, native):
+    """A shift node placed before 'GLM-Image conditioning' is the user's choice: kept, with a note; the pack's
+    own default (and a previous conditioning node's) gets the size's shift; non-flow sampling is refused."""
+    from comfy_extras import nodes_model_advanced as advanced
+
+    cond_mod, nm = pk("glmimage_comfy.conditioning"), pk("glmimage_comfy.native_model")
+    errors = pk("glmimage_core.errors")
+    model = native[0]
+    prior = t2i_prior(pk, batch=1)  # 96x128 px
+    mu = (48 / 256) ** 0.5 * 0.75 + 0.25
+    own = cond_mod.build_conditioning(model, bundle.glyph, prior)
+    assert own.note is None
+    assert abs(own.model.get_model_object("model_sampling").shift - mu) < 1e-9
+    again = cond_mod.build_conditioning(nm.with_shift_for(model, 1024, 1024), bundle.glyph, prior)
+    assert again.note is None and abs(again.model.get_model_object("model_sampling").shift - mu) < 1e-9
+    users = advanced.ModelSamplingSD3().patch(model, shift=3.0)[0]
+    kept = cond_mod.build_conditioning(users, bundle.glyph, prior)
+    assert kept.model.get_model_object("model_sampling") is users.get_model_object("model_sampling")
+    assert kept.note.startswith("model: keeping the schedule of ModelSamplingSD3 (linear shift 3) placed before")
+    assert "GLM-Image's own for 96x128 px is shift 0.5748" in kept.note
+    aura = advanced.ModelSamplingAuraFlow().patch_aura(model, shift=2.0)[0]
+    assert "ModelSamplingAuraFlow (linear shift 2)" in cond_mod.build_conditioning(aura, bundle.glyph, prior).note
+    flux = advanced.ModelSamplingFlux().patch(model, **flux_inputs_for(mu))[0]
+    assert "ModelSamplingFlux (linear shift 0.5748)" in cond_mod.build_conditioning(flux, bundle.glyph, prior).note
+    for kind in ("eps", "v_prediction", "img_to_img"):
+        discrete = advanced.ModelSamplingDiscrete().patch(model, kind, False)[0]
+        with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: GLM-Image is a flow-matching"):
+            cond_mod.build_conditioning(discrete, bundle.glyph, prior)
 
 
 # --------------------------------------------------------------------------- stock tools on the MODEL
@@ -305,7 +382,9 @@ def test_bad_inputs_name_what_is_wrong(pk, bundle, native):
         cond_mod.build_conditioning(model, bundle.glyph, i2i_prior(pk), None, None, [picture(64, 96)])
     cond = cond_mod.build_conditioning(model, bundle.glyph, t2i_prior(pk, batch=1))
     wrong = torch.zeros(1, 4, 24, 24)  # a 192x192 latent for 96x128 tokens
-    with pytest.raises(errors.GlmImageInputError, match="latent: the sampler's latent is 192x192 px"):
+    with pytest.raises(errors.GlmImageInputError, match="latent: the sampler's latent is 192x192 px but the GLM-Image "
+                                                         "tokens are for 96x128 px: .*a second pass at a larger size, "
+                                                         "make tokens for that size"):
         comfy.sample.sample(cond.model, comfy.sample.prepare_noise(wrong, 0), 2, 1.5, "euler", "simple",
                             cond.positive, cond.negative, wrong, disable_pbar=True)
     import comfy.model_patcher
