@@ -123,6 +123,63 @@ def test_ksampler_matches_diffusers_i2i_batch_2(pk, bundle, pipe, native):
     assert (ours - other).abs().max() > 1e-3
 
 
+def diffusers_latent_stats(pipe):
+    """GLM-Image's latent normalisation as diffusers' GlmImagePipeline writes it, straight from the VAE config."""
+    config = pipe.vae.config
+    shape = (1, config.latent_channels, 1, 1)
+    return torch.tensor(config.latents_mean).view(shape), torch.tensor(config.latents_std).view(shape)
+
+
+def test_latent_format_normalises_a_vae_encode_as_diffusers_does(pk, pipe, native):
+    """process_in / process_out are what stock nodes see (VAE Encode -> sampler -> VAE Decode); they must be
+    diffusers' `(raw - latents_mean) / latents_std` and its inverse, per channel, with the fixture's
+    non-trivial statistics (a swapped multiply/divide or a sign of the mean shows here)."""
+    model, vae = native
+    mean, std = diffusers_latent_stats(pipe)
+    assert len(set(mean.flatten().tolist())) == 16 and len(set(std.flatten().tolist())) == 16
+    raw = vae.encode(picture(128, 96)[None])  # the ComfyUI VAE: raw diffusers latents
+    fmt = model.model.latent_format
+    normalised = fmt.process_in(raw)
+    torch.testing.assert_close(normalised, (raw - mean) / std, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fmt.process_out(normalised), raw, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.model.process_latent_in(raw), normalised, atol=0, rtol=0)
+
+
+def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, bundle, pipe, native):
+    """Text-to-image from a non-empty latent (VAE Encode -> sampler at denoise 0.5): ComfyUI normalises the
+    input latent with process_in, so this is where a wrong normalisation of it changes the picture (at full
+    denoise the start sigma is 1 and the input latent drops out). Reference: diffusers' GlmImagePipeline
+    started from the same noisy latent, built with diffusers' own normalisation, over the same second half
+    of GLM-Image's 50-step schedule."""
+    import comfy.sample
+    import comfy.samplers
+
+    model, vae = native
+    prior = t2i_prior(pk, batch=1, seed=6)
+    cond = pk("glmimage_comfy.conditioning").build_conditioning(model, bundle.glyph, prior)
+    raw = vae.encode(picture(prior.height, prior.width, seed=11)[None])
+    assert raw.shape == cond.latent["samples"].shape
+    noise = comfy.sample.prepare_noise(raw, 5)
+    start = 25
+    sigmas = pk("glmimage_comfy.sampling").glm_sigmas(cond.model, 50)[start:]
+    samples = comfy.sample.sample_custom(cond.model, noise, 1.5, comfy.samplers.sampler_object("euler"), sigmas,
+                                         cond.positive, cond.negative, raw, disable_pbar=True, seed=5)
+    ours = vae.decode(samples)
+
+    mean, std = diffusers_latent_stats(pipe)
+    sigma = float(sigmas[0])
+    noisy = sigma * noise + (1 - sigma) * (raw - mean) / std
+    timesteps = pk("glmimage_core.decoding").glm_timesteps(50)[start:]
+    ref = diffusers_reference(pipe, prior, len(timesteps), 1.5, seed=5, latents=noisy,
+                              timesteps=list(timesteps), sigmas=list(timesteps / 1000))
+    assert (ours - ref).abs().max() < TOL
+    # the input picture really shapes the result (half the way from it, not from noise alone)
+    other = vae.encode(picture(prior.height, prior.width, seed=12)[None])
+    elsewhere = comfy.sample.sample_custom(cond.model, noise, 1.5, comfy.samplers.sampler_object("euler"), sigmas,
+                                           cond.positive, cond.negative, other, disable_pbar=True, seed=5)
+    assert (vae.decode(elsewhere) - ours).abs().max() > 1e-2
+
+
 def test_decode_node_path_equals_ksampler_and_the_core_loop(pk, bundle, native):
     model, vae = native
     prior = t2i_prior(pk, seed=5)
@@ -215,7 +272,7 @@ def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
 def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_tiler(pk, bundle, native):
     _, vae = native
     g = torch.Generator().manual_seed(4)
-    latents = torch.randn(1, 4, 24, 20, generator=g)  # model space, 192x160 px
+    latents = torch.randn(1, 16, 24, 20, generator=g)  # model space, 192x160 px
     core = pk("glmimage_core.decoding").decode_latents(bundle.vae_model, latents, tiled=False)
     raw = bundle.dit.latent_stats.denormalise(latents)
     assert torch.equal(vae.decode(raw), core)
@@ -237,8 +294,8 @@ def test_preview_factors_are_a_least_squares_fit_made_once_from_the_vae(pk, bund
     vae_mod = pk("glmimage_comfy.vae")
     # the fit recovers a known affine map exactly
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(3, 4, 8, 8, generator=g)
-    truth, bias = torch.randn(4, 3, generator=g), torch.randn(3, generator=g)
+    latents = torch.randn(3, 16, 8, 8, generator=g)
+    truth, bias = torch.randn(16, 3, generator=g), torch.randn(3, generator=g)
     colours = (latents.permute(0, 2, 3, 1) @ truth + bias).permute(0, 3, 1, 2)
     factors, fitted_bias = vae_mod.fit_rgb_factors(latents, colours)
     torch.testing.assert_close(torch.tensor(factors), truth, atol=1e-4, rtol=0)
@@ -247,7 +304,7 @@ def test_preview_factors_are_a_least_squares_fit_made_once_from_the_vae(pk, bund
     model, _ = native
     fmt = model.model.latent_format
     first = fmt.latent_rgb_factors
-    assert len(first) == 4 and len(first[0]) == 3 and len(fmt.latent_rgb_factors_bias) == 3
+    assert len(first) == 16 and len(first[0]) == 3 and len(fmt.latent_rgb_factors_bias) == 3
     assert fmt.latent_rgb_factors is first and first == vae_mod.preview_factors(bundle.vae_model)[0]
 
 
@@ -267,7 +324,7 @@ def test_bad_inputs_name_what_is_wrong(pk, bundle, native):
     with pytest.raises(errors.GlmImageInputError, match="vae: image-to-image tokens need the VAE"):
         cond_mod.build_conditioning(model, bundle.glyph, i2i_prior(pk), None, None, [picture(64, 96)])
     cond = cond_mod.build_conditioning(model, bundle.glyph, t2i_prior(pk, batch=1))
-    wrong = torch.zeros(1, 4, 24, 24)  # a 192x192 latent for 96x128 tokens
+    wrong = torch.zeros(1, 16, 24, 24)  # a 192x192 latent for 96x128 tokens
     with pytest.raises(errors.GlmImageInputError, match="latent: the sampler's latent is 192x192 px"):
         comfy.sample.sample(cond.model, comfy.sample.prepare_noise(wrong, 0), 2, 1.5, "euler", "simple",
                             cond.positive, cond.negative, wrong, disable_pbar=True)
