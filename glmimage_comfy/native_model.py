@@ -36,7 +36,7 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import comfy.utils
 
-from ..glmimage_core import vram_plan
+from ..glmimage_core import decoder_loading, vram_plan
 from ..glmimage_core.decoder_loading import DiTModel, LatentStats
 from ..glmimage_core.decoding import calculate_shift, image_seq_len, shift_for
 from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
@@ -293,15 +293,38 @@ def native_model(dit: DiTModel, preview_factors=None, max_resident: int | None =
     """
     patcher = patcher_of(dit)
     if patcher is None or not isinstance(patcher.model, GlmImageModel):
-        fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
-        shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
-        config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
-        model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=dit.device,
-                                                   offload_device=comfy.model_management.unet_offload_device())
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY,
-                                     _clear_source_kv)
+        patcher = _new_patcher(dit, preview_factors)
         adopt(dit, patcher)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
+    set_vram_limit(patcher, max_resident)
+    return patcher
+
+
+def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
+    fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
+    shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
+    config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
+    model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=dit.device,
+                                               offload_device=comfy.model_management.unet_offload_device())
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, _clear_source_kv)
+    # What ComfyUI's own loaders register (sd.load_diffusion_model): how to load this MODEL afresh, for
+    # clone(force_deepcopy=True), deepclone_multigpu and clone(disable_dynamic=True), which raise without it.
+    patcher.cached_patcher_init = (fresh_native_model, (
+        dit.path, dit.dtype, str(dit.device), dit.weight_dtype, dict(dit.scheduler_config), dit.latent_stats,
+        dit.vae_scale_factor, preview_factors, None))
+    return patcher
+
+
+def fresh_native_model(path: str, dtype: torch.dtype, device: str, weight_dtype: str, scheduler_config: dict,
+                       latent_stats, vae_scale_factor: int, preview_factors=None, max_resident: int | None = None,
+                       disable_dynamic: bool = False):
+    """A MODEL over a DiT loaded anew from `path` (not the pack's cached one): the `cached_patcher_init`
+    factory of the pack's MODELs. The copy holds weights of its own and samples exactly what the original
+    does; ComfyUI passes `disable_dynamic=True` when it wants a plain (non dynamic-VRAM) patcher."""
+    dit = decoder_loading.fresh_dit(path, dtype, device, weight_dtype, scheduler_config, latent_stats,
+                                    vae_scale_factor)
+    patcher = _new_patcher(dit, preview_factors, disable_dynamic)
+    adopt(dit, patcher)
     set_vram_limit(patcher, max_resident)
     return patcher
 
@@ -312,6 +335,9 @@ LIMIT_WRAPPER_KEY = "glm_image_vram_limit"
 def set_vram_limit(patcher, max_resident: int | None) -> None:
     """Keep at most `max_resident` bytes of the DiT on the GPU while sampling (None: ComfyUI decides)."""
     patcher.model.glm_vram_limit = max_resident
+    init = getattr(patcher, "cached_patcher_init", None)
+    if init is not None and init[0] is fresh_native_model:  # a fresh copy keeps the limit
+        patcher.cached_patcher_init = (init[0], (*init[1][:-1], max_resident))
     if max_resident is not None:
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, LIMIT_WRAPPER_KEY,
                                      _limit_resident)

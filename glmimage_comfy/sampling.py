@@ -73,7 +73,8 @@ def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | N
                       seed: int, source_images: list[torch.Tensor] | None = None, max_resident: int | None = None):
     """[N, H, W, 3] pixels: conditioning -> ComfyUI sampler (euler, GLM schedule) -> ComfyUI VAE decode."""
     vae = comfy_vae(bundle.vae_model)
-    model = native_model(bundle.dit, lambda: preview_factors(bundle.vae_model), max_resident)
+    vae_model = bundle.vae_model  # the preview source holds the VAE only, never the whole bundle
+    model = native_model(bundle.dit, lambda: preview_factors(vae_model), max_resident)
     cond = build_conditioning(model, bundle.glyph, prior, prompt, vae, source_images)
     latent = cond.latent["samples"]
     noise = comfy.sample.prepare_noise(latent, seed)

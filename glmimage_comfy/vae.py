@@ -22,7 +22,7 @@ import comfy.model_patcher
 import comfy.sd
 
 from ..glmimage_core import vram_plan
-from ..glmimage_core.decoder_loading import VAEModel
+from ..glmimage_core.decoder_loading import VAEModel, fresh_vae
 from ..glmimage_core.memory import adopt, ensure_on_device
 
 log = logging.getLogger("GLM-Image")
@@ -50,7 +50,7 @@ class _QuietEmptyInit(logging.Filter):
 class GlmImageVAE(comfy.sd.VAE):
     """A ComfyUI `VAE` running GLM-Image's diffusers AutoencoderKL (raw latents in, pixels out)."""
 
-    def __init__(self, vae_model: VAEModel) -> None:
+    def __init__(self, vae_model: VAEModel, disable_dynamic: bool = False) -> None:
         quiet = _QuietEmptyInit()
         logging.getLogger().addFilter(quiet)
         try:
@@ -73,6 +73,9 @@ class GlmImageVAE(comfy.sd.VAE):
         self.output_device = comfy.model_management.intermediate_device()
         self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
                                                         offload_device=comfy.model_management.vae_offload_device())
+        # As ComfyUI's VAELoader registers it: how to load this VAE afresh (deep clones, Select VAE Device).
+        self.patcher.cached_patcher_init = (fresh_vae_patcher, (vae_model.path, vae_model.dtype,
+                                                                str(vae_model.device)))
         self.size = None
         self.model_size()
 
@@ -85,6 +88,13 @@ def comfy_vae(vae_model: VAEModel) -> GlmImageVAE:
         vae_model._glmimage_comfy_vae = vae
         adopt(vae_model, vae.patcher)  # a generic patcher made before gives way
     return vae
+
+
+def fresh_vae_patcher(path: str, dtype: torch.dtype, device: str, disable_dynamic: bool = False):
+    """The patcher of a GLM-Image VAE loaded anew from `path` (not the pack's cached one): the
+    `cached_patcher_init` factory of the pack's VAEs. Its model is the new VAE's `first_stage_model`
+    (what ComfyUI's Select VAE Device puts back on the VAE), with weights of its own."""
+    return GlmImageVAE(fresh_vae(path, dtype, device), disable_dynamic).patcher
 
 
 def preview_factors(vae_model: VAEModel, pictures: int = 12, size: int = 128, seed: int = 0):

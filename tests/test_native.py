@@ -266,6 +266,55 @@ def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
     pk("glmimage_comfy.native_model").set_vram_limit(model, None)
 
 
+# --------------------------------------------------------------------------- deep clones
+
+
+def storages(module: torch.nn.Module) -> set[int]:
+    return {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+
+def deep_clones(patcher) -> list:
+    """Every way this ComfyUI makes a copy of a patcher with weights of its own, from its cached_patcher_init:
+    the factory itself (as ComfyUI's dynamic-VRAM fallback calls it), and where ComfyUI has them (0.33),
+    clone(force_deepcopy=True) (the training node) and deepclone_multigpu (multi-GPU, Select VAE Device)."""
+    import inspect
+
+    import comfy.model_patcher
+
+    factory, args = patcher.cached_patcher_init[:2]
+    clones = [factory(*args, disable_dynamic=True)]
+    if "force_deepcopy" in inspect.signature(comfy.model_patcher.ModelPatcher.clone).parameters:
+        clones += [patcher.clone(force_deepcopy=True), patcher.deepclone_multigpu()]
+    return clones
+
+
+def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_picture(pk, bundle, native):
+    """The MODEL registers a cached_patcher_init as ComfyUI's own loaders do; without it ComfyUI's deep
+    clones raise ("cached_patcher_init is not initialized") or, on 0.3.75, there is nothing to call."""
+    model, vae = native
+    prior = t2i_prior(pk, batch=1, seed=9)
+    picture_of = ksampler(pk, model, vae, bundle.glyph, prior, 6, 1.5, seed=3)
+    clones = deep_clones(model)
+    for clone in clones:
+        assert type(clone.model) is type(model.model) and clone.model is not model.model
+        assert clone.model.dit.transformer is not bundle.transformer
+        assert not storages(clone.model) & storages(model.model)
+        assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
+    assert pk("glmimage_core.memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
+
+
+def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_picture(pk, bundle, native):
+    _, vae = native
+    raw = bundle.dit.latent_stats.denormalise(torch.randn(1, 16, 12, 8, generator=torch.Generator().manual_seed(1)))
+    pixels = vae.decode(raw)
+    for patcher in deep_clones(vae.patcher):
+        clone = copy.copy(vae)  # what ComfyUI's Select VAE Device does with a deep-cloned patcher
+        clone.patcher, clone.first_stage_model = patcher, patcher.model
+        assert type(patcher.model) is type(vae.first_stage_model) and patcher.model is not vae.first_stage_model
+        assert not storages(patcher.model) & storages(vae.first_stage_model)
+        assert torch.equal(clone.decode(raw), pixels)
+
+
 # --------------------------------------------------------------------------- VAE and previews
 
 
