@@ -18,12 +18,11 @@ import logging
 import torch
 
 import comfy.model_management
-import comfy.model_patcher
 import comfy.sd
 
 from ..glmimage_core import vram_plan
 from ..glmimage_core.decoder_loading import VAEModel, fresh_vae
-from ..glmimage_core.memory import adopt, ensure_on_device
+from ..glmimage_core.memory import adopt, ensure_on_device, patcher_class
 
 log = logging.getLogger("GLM-Image")
 
@@ -71,8 +70,8 @@ class GlmImageVAE(comfy.sd.VAE):
         self.device = vae_model.device
         self.vae_dtype = vae_model.dtype
         self.output_device = comfy.model_management.intermediate_device()
-        self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
-                                                        offload_device=comfy.model_management.vae_offload_device())
+        self.patcher = patcher_class(disable_dynamic)(self.first_stage_model, load_device=self.device,
+                                                      offload_device=comfy.model_management.vae_offload_device())
         # As ComfyUI's VAELoader registers it: how to load this VAE afresh (deep clones, Select VAE Device).
         self.patcher.cached_patcher_init = (fresh_vae_patcher, (vae_model.path, vae_model.dtype,
                                                                 str(vae_model.device)))

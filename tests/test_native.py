@@ -315,6 +315,58 @@ def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_pictu
         assert torch.equal(clone.decode(raw), pixels)
 
 
+# --------------------------------------------------------------------------- patcher class
+
+
+def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, tmp_path, monkeypatch):
+    """Core loaders build `comfy.model_patcher.CoreModelPatcher`, which main.py replaces (after import) by
+    ModelPatcherDynamic on NVIDIA; the pack's DiT, VAE and generic (AR / glyph encoder) patchers must be that
+    class too, looked up when they are built, and plain ModelPatcher where ComfyUI has none (0.3.75) or when
+    ComfyUI asks for a non-dynamic copy."""
+    import comfy.model_patcher as mp
+
+    decoder_loading, memory = pk("glmimage_core.decoder_loading"), pk("glmimage_core.memory")
+    model, vae = native
+    as_found = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # without main.py's switch
+    assert type(model) is as_found and type(vae.patcher) is as_found
+
+    class CorePatcher(mp.ModelPatcher):  # a real ModelPatcher subclass, set the way main.py sets its own
+        pass
+
+    monkeypatch.setattr(mp, "CoreModelPatcher", CorePatcher, raising=False)
+    root = pk("glmimage_core.demo_decoder").build_tiny_decoder(tmp_path / "glm")
+    dit = decoder_loading.load_dit(str(root), dtype="fp32", device="cpu")  # what 'Load GLM-Image DiT' calls
+    assert type(pk("glmimage_comfy.native_model").native_model(dit)) is CorePatcher
+    new_vae = pk("glmimage_comfy.vae").comfy_vae(decoder_loading.load_vae(str(root), dtype="fp32", device="cpu"))
+    assert type(new_vae.patcher) is CorePatcher
+    glyph = decoder_loading.load_glyph_encoder(str(root), dtype="fp32", device="cpu")
+    memory.ensure_on_device(glyph, glyph.text_encoder, glyph.device)  # the AR model's and glyph encoder's path
+    assert type(memory.patcher_of(glyph)) is CorePatcher
+    for patcher in (model, vae.patcher):  # fresh copies: dynamic unless ComfyUI asks otherwise
+        factory, args = patcher.cached_patcher_init[:2]
+        assert type(factory(*args)) is CorePatcher
+        assert type(factory(*args, disable_dynamic=True)) is mp.ModelPatcher
+
+
+def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
+    """0.33's ModelPatcher.get_free_memory also counts VRAM that dynamic-VRAM models give back, which
+    model_management.get_free_memory leaves out: the pack's checks ask the patcher where it has the method."""
+    import comfy.model_patcher as mp
+
+    runtime = pk("glmimage_core.runtime")
+    asked = []
+
+    class Patcher(mp.ModelPatcher):
+        def get_free_memory(self, device):
+            asked.append(device)
+            return 7 << 30
+
+    patcher = Patcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    gpu = torch.device("cuda", 0)  # only named: the method answers, no GPU is touched
+    assert runtime.free_vram(gpu, patcher) == 7 << 30 and asked == [gpu]
+    assert runtime.free_vram(torch.device("cpu"), patcher) is None  # RAM is not budgeted
+
+
 # --------------------------------------------------------------------------- VAE and previews
 
 
