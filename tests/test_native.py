@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import json
 import threading
 
 import numpy as np
@@ -250,6 +251,95 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
     plain = ksampler(pk, model, vae, bundle.glyph, prior, 6, 1.5, seed=2)
     assert (ours - by_hand).abs().max() < 1e-5
     assert (ours - plain).abs().max() > 1e-3  # the LoRA changed the picture
+
+
+def merged_by_hand(pk, bundle, lora, scales: dict):
+    """A MODEL over a copy of the DiT whose weights are W + scale * B @ A per module: diffusers' LoRA maths."""
+    import comfy.model_management
+
+    # ComfyUI leaves the last sampled MODEL's patches merged into the shared weights until it unloads it
+    comfy.model_management.unload_all_models()
+    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.transformer), lock=threading.Lock())
+    for name, scale in scales.items():
+        delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
+        merged.transformer.get_submodule(name).weight.data += scale * delta
+    return pk("glmimage_comfy.native_model").native_model(merged)
+
+
+@pytest.fixture
+def loras_folder(tmp_path, monkeypatch):
+    """A real models/loras entry for this test only (ComfyUI's folder_paths, restored afterwards)."""
+    import folder_paths
+
+    paths, extensions = folder_paths.folder_names_and_paths["loras"]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)] + list(paths), extensions))
+    return tmp_path
+
+
+def write_diffusers_lora(bundle, folder, file_name: str, targets: list[str], rank: int, config: dict) -> dict:
+    """A LoRA file as diffusers 0.42.1 writes one (LoraBaseMixin._save_lora_weights: weights and the
+    adapter settings both prefixed 'transformer.', the settings as JSON in 'lora_adapter_metadata')."""
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    g = torch.Generator().manual_seed(len(file_name))
+    layers = {}
+    for name in targets:
+        weight = bundle.transformer.get_submodule(name).weight
+        layers[f"{name}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.2
+        layers[f"{name}.lora_B.weight"] = torch.randn(weight.shape[0], rank, generator=g) * 0.2
+    LoraBaseMixin._save_lora_weights(save_directory=str(folder), lora_layers={"transformer": layers},
+                                     lora_metadata={"transformer": {"r": rank, **config}}, weight_name=file_name)
+    return {f"transformer.{key}": value for key, value in layers.items()}
+
+
+def test_lora_with_its_alpha_in_diffusers_metadata_renders_at_diffusers_strength(pk, bundle, native, loras_folder):
+    """lora_alpha = 2 x r, kept only in the file's metadata: 'Load GLM-Image LoRA' at strength 1 gives the
+    DiT merged with diffusers' scale (alpha / r = 2); stock LoraLoaderModelOnly reads no metadata (scale 1)
+    and needs strength 2 for the same picture, as the README says."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py
+
+    from safetensors import safe_open
+
+    model, vae = native
+    targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
+    lora = write_diffusers_lora(bundle, loras_folder, "glm_alpha2x.safetensors", targets, 4, {"lora_alpha": 8})
+    with safe_open(str(loras_folder / "glm_alpha2x.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["lora_adapter_metadata"])["transformer.lora_alpha"] == 8
+        assert not any(k.endswith(".alpha") for k in f.keys())  # the alpha is in the metadata only
+    node = pk("nodes.lora").GLMImageLoraLoader
+    prior = t2i_prior(pk, batch=1, seed=8)
+    render = lambda m: ksampler(pk, m, vae, bundle.glyph, prior, 6, 1.5, seed=2)  # noqa: E731
+    ours = render(node.execute(model, "glm_alpha2x.safetensors", 1.0).args[0])
+    reference = render(merged_by_hand(pk, bundle, lora, {name: 8 / 4 for name in targets}))
+    stock_1 = render(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "glm_alpha2x.safetensors", 1.0)[0])
+    stock_2 = render(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "glm_alpha2x.safetensors", 2.0)[0])
+    assert (ours - reference).abs().max() < 1e-5
+    assert (stock_2 - reference).abs().max() < 1e-5
+    assert (stock_1 - reference).abs().max() > 1e-3  # what the stock loader gives at the strength diffusers uses
+
+
+def test_lora_alpha_pattern_and_rslora_follow_peft(pk, bundle, native, loras_folder):
+    """Per-module alpha_pattern (PEFT's rule: the first pattern matching the end of the module name) and
+    rsLoRA (lora_alpha / sqrt(r)) as diffusers applies them; malformed metadata names the file."""
+    model, vae = native
+    targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn1.to_k", "transformer_blocks.1.ff.net.2"]
+    config = {"lora_alpha": 2, "alpha_pattern": {"ff.net.2": 12, r"1\.attn1\.to_k": 6}, "use_rslora": True}
+    lora = write_diffusers_lora(bundle, loras_folder, "glm_pattern.safetensors", targets, 4, config)
+    node = pk("nodes.lora").GLMImageLoraLoader
+    prior = t2i_prior(pk, batch=1, seed=8)
+    ours = ksampler(pk, node.execute(model, "glm_pattern.safetensors", 0.5).args[0], vae, bundle.glyph, prior, 6,
+                    1.5, seed=2)
+    scales = {targets[0]: 0.5 * 2 / 2, targets[1]: 0.5 * 6 / 2, targets[2]: 0.5 * 12 / 2}  # alpha / sqrt(4)
+    reference = ksampler(pk, merged_by_hand(pk, bundle, lora, scales), vae, bundle.glyph, prior, 6, 1.5, seed=2)
+    assert (ours - reference).abs().max() < 1e-5
+
+    lora_metadata = pk("glmimage_comfy.lora_metadata")
+    errors = pk("glmimage_core.errors")
+    with pytest.raises(errors.GlmImageInputError, match="lora_name 'x': its 'lora_adapter_metadata' metadata is not JSON"):
+        lora_metadata.with_peft_alphas(lora, {"lora_adapter_metadata": "{r: 4"}, name="lora_name 'x'")
+    with pytest.raises(errors.GlmImageInputError, match="the alpha of transformer_blocks.0.attn1.to_q .* is 'eight'"):
+        lora_metadata.with_peft_alphas(lora, {"lora_adapter_metadata": json.dumps({"lora_alpha": "eight"})})
+    assert lora_metadata.with_peft_alphas(lora, {"format": "pt"}) == (lora, None)  # no metadata: as stock
 
 
 def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
