@@ -41,7 +41,7 @@ from ..glmimage_core.decoder_loading import DiTModel, LatentStats
 from ..glmimage_core.decoding import calculate_shift, image_seq_len, shift_for
 from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import adopt, limit_resident, patcher_class, patcher_of
+from ..glmimage_core.memory import adopt, limit_resident, new_patcher, patcher_of
 
 log = logging.getLogger("GLM-Image")
 
@@ -304,8 +304,7 @@ def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
     shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
     config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
     model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
-    patcher = patcher_class(disable_dynamic)(model, load_device=dit.device,
-                                             offload_device=comfy.model_management.unet_offload_device())
+    patcher = new_patcher(model, dit.device, comfy.model_management.unet_offload_device(), disable_dynamic)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, _clear_source_kv)
     # What ComfyUI's own loaders register (sd.load_diffusion_model): how to load this MODEL afresh, for
     # clone(force_deepcopy=True), deepclone_multigpu and clone(disable_dynamic=True), which raise without it.

@@ -8,7 +8,10 @@ and everything else is ComfyUI's: `VAE Decode`, `VAE Decode (Tiled)` (its
 tiler, with blended overlaps), `VAE Encode`, the OOM fallback to tiling, the
 model manager. ComfyUI's own `__init__` sets its defaults from an empty state
 dict (its "no VAE weights" early return), so every attribute a given ComfyUI
-release reads exists; the model, devices and memory estimates are then set here.
+release reads exists; the model, devices, patcher and memory estimates are then
+set here. That early return is not an API: tests/test_native.py compares this
+VAE's attributes with those of a VAE ComfyUI really loads, on every ComfyUI the
+tests run, so a release that sets more after the return fails a test.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import comfy.sd
 
 from ..glmimage_core import vram_plan
 from ..glmimage_core.decoder_loading import VAEModel, fresh_vae
-from ..glmimage_core.memory import adopt, ensure_on_device, patcher_class
+from ..glmimage_core.memory import adopt, ensure_on_device, new_patcher
 
 log = logging.getLogger("GLM-Image")
 
@@ -70,8 +73,8 @@ class GlmImageVAE(comfy.sd.VAE):
         self.device = vae_model.device
         self.vae_dtype = vae_model.dtype
         self.output_device = comfy.model_management.intermediate_device()
-        self.patcher = patcher_class(disable_dynamic)(self.first_stage_model, load_device=self.device,
-                                                      offload_device=comfy.model_management.vae_offload_device())
+        self.patcher = new_patcher(self.first_stage_model, self.device, comfy.model_management.vae_offload_device(),
+                                   disable_dynamic)
         # As ComfyUI's VAELoader registers it: how to load this VAE afresh (deep clones, Select VAE Device).
         self.patcher.cached_patcher_init = (fresh_vae_patcher, (vae_model.path, vae_model.dtype,
                                                                 str(vae_model.device)))

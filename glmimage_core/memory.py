@@ -77,6 +77,17 @@ def patcher_class(disable_dynamic: bool = False):
     return getattr(model_patcher, "CoreModelPatcher", model_patcher.ModelPatcher)
 
 
+def new_patcher(module: torch.nn.Module, load_device: torch.device, offload: torch.device,
+                disable_dynamic: bool = False):
+    """A patcher over `module` made as ComfyUI's own loaders make theirs: `patcher_class()`, after recording
+    each weight's dtype (`model_management.archive_model_dtypes`, 0.33+: what the dynamic-VRAM patcher casts
+    weights back to when it offloads them; absent on 0.3.75, where nothing reads it)."""
+    archive = getattr(_comfy_module("comfy.model_management"), "archive_model_dtypes", None)
+    if archive is not None:
+        archive(module)
+    return patcher_class(disable_dynamic)(module, load_device=load_device, offload_device=offload)
+
+
 def _patcher(owner: object, module: torch.nn.Module, device: torch.device):
     """The one ModelPatcher of `owner` (created on first use, then reused)."""
     patcher = getattr(owner, _PATCHER_ATTR, None)
@@ -84,7 +95,7 @@ def _patcher(owner: object, module: torch.nn.Module, device: torch.device):
         # ModelPatcher records the device on the module it manages; transformers models expose
         # `device` as a read-only property, so it manages a plain container around them.
         holder = torch.nn.ModuleDict({"model": module})
-        patcher = patcher_class()(holder, load_device=device, offload_device=offload_device())
+        patcher = new_patcher(holder, device, offload_device())
         setattr(owner, _PATCHER_ATTR, patcher)
     return patcher
 

@@ -432,6 +432,12 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     glyph = decoder_loading.load_glyph_encoder(str(root), dtype="fp32", device="cpu")
     memory.ensure_on_device(glyph, glyph.text_encoder, glyph.device)  # the AR model's and glyph encoder's path
     assert type(memory.patcher_of(glyph)) is CorePatcher
+    import comfy.model_management
+
+    if hasattr(comfy.model_management, "archive_model_dtypes"):  # 0.33: what dynamic VRAM casts weights back to
+        for layer in (dit.transformer.transformer_blocks[0].ff.net[2], new_vae.first_stage_model.vae.decoder.conv_in,
+                      glyph.text_encoder.shared):
+            assert layer.weight_comfy_model_dtype == layer.weight.dtype
     for patcher in (model, vae.patcher):  # fresh copies: dynamic unless ComfyUI asks otherwise
         factory, args = patcher.cached_patcher_init[:2]
         assert type(factory(*args)) is CorePatcher
@@ -479,6 +485,30 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     with torch.no_grad():
         expected = bundle.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
     torch.testing.assert_close(encoded, expected, atol=1e-6, rtol=0)
+
+
+def test_the_vae_has_every_attribute_comfyuis_own_vae_sets_on_a_real_load(pk, native):
+    """The pack's VAE takes ComfyUI's defaults from `comfy.sd.VAE.__init__(sd={})`, which returns early ("No VAE
+    weights detected"), then sets the rest itself. Compared here with a VAE that ComfyUI really loads (its own
+    AutoencoderKL, from a state dict and config): an attribute a newer ComfyUI sets, and reads in VAE Decode /
+    Encode / tiling, but that the early return skips, fails this test instead of a user's graph."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    params = {"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3,
+                                           "out_ch": 3, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
+                                           "attn_resolutions": [], "dropout": 0.0}}
+    stock = comfy.sd.VAE(sd=AutoencoderKL(**params).state_dict(), config={"params": params})
+    assert stock.first_stage_model is not None and stock.patcher is not None  # really loaded
+    _, ours = native
+    missing = sorted(set(vars(stock)) - set(vars(ours)))
+    assert not missing, f"ComfyUI's VAE sets {missing} on a real load; GlmImageVAE.__init__ must set them too"
+    for name, value in vars(stock).items():
+        mine = getattr(ours, name)
+        assert callable(mine) == callable(value), name
+        if isinstance(value, (bool, int, float, torch.device, torch.dtype, list)) and value is not None:
+            assert isinstance(mine, type(value)), (name, value, mine)
+    assert type(ours.patcher) is type(stock.patcher)  # the same patcher class as ComfyUI's own VAE
 
 
 def test_preview_factors_are_a_least_squares_fit_made_once_from_the_vae(pk, bundle, native):
