@@ -38,7 +38,8 @@ from glmimage_core.ar_loading import load_ar_model, prepare_ar_model  # noqa: E4
 from glmimage_core.decoder_loading import (DecoderBundle, GlyphEncoder, VAEModel, load_decoder,  # noqa: E402
                                            prepare_dit)
 from glmimage_core.decoding import decode_latents, decode_prior  # noqa: E402
-from glmimage_core.demo_decoder import SCHEDULER_CONFIG, build_tiny_full_hub_layout  # noqa: E402
+from glmimage_core.demo_decoder import (LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG,  # noqa: E402
+                                        build_tiny_full_hub_layout)
 from glmimage_core.extraction import extract_prior  # noqa: E402
 from glmimage_core.generation import generate_tokens  # noqa: E402
 from glmimage_core.prompting import prepare_inputs  # noqa: E402
@@ -47,8 +48,8 @@ from glmimage_core.shapes import GridShape  # noqa: E402
 PROMPT = 'A street cafe at night, a neon sign that says "GLM"'
 VAE_16 = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
               layers_per_block=2, down_block_types=["DownEncoderBlock2D"] * 4,
-              up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32, latents_mean=[0.0] * 16,
-              latents_std=[1.0] * 16)
+              up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32, latents_mean=list(LATENTS_MEAN),
+              latents_std=list(LATENTS_STD))  # realistic stand-ins, see demo_decoder
 BYT5 = dict(vocab_size=384, d_model=1472, d_ff=3584, num_layers=12, num_heads=6, d_kv=64,
             feed_forward_proj="gated-gelu", decoder_start_token_id=0)
 

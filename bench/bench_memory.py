@@ -149,7 +149,7 @@ def gpu_options(device: torch.device) -> list[dict]:
     """Each option inside ComfyUI's model manager, at the real sizes, on the GPU (peak VRAM, speed)."""
     from glmimage_core.ar_loading import prepare_ar_model
     from glmimage_core.decoder_loading import prepare_dit
-    from glmimage_core.demo_decoder import SCHEDULER_CONFIG
+    from glmimage_core.demo_decoder import LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG
     from glmimage_core.dit_forward import velocity
     from glmimage_core.generation import generate_tokens
     from glmimage_core.memory import Residency, ensure_on_device, forget
@@ -175,8 +175,8 @@ def gpu_options(device: torch.device) -> list[dict]:
     for weight_dtype, limit in (("default", None), ("fp8_e4m3fn", None), ("fp8_e4m3fn", 3 * GIB)):
         dit_module = real_size.build_dit(device=device).to("cpu")
         torch.cuda.empty_cache()
-        vae_config = {"block_out_channels": [128, 256, 512, 512], "latents_mean": [0.0] * 16,
-                      "latents_std": [1.0] * 16}
+        vae_config = {"block_out_channels": [128, 256, 512, 512], "latents_mean": list(LATENTS_MEAN),
+                      "latents_std": list(LATENTS_STD)}  # realistic stand-ins, see demo_decoder
         dit = prepare_dit(dit_module, "random", torch.bfloat16, device, dict(SCHEDULER_CONFIG), vae_config,
                           weight_dtype)
         ensure_on_device(dit, dit.transformer, device, Residency(max_resident=limit))

@@ -40,12 +40,12 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import comfy.utils
 
-from ..glmimage_core import vram_plan
+from ..glmimage_core import decoder_loading, vram_plan
 from ..glmimage_core.decoder_loading import DiTModel, LatentStats
 from ..glmimage_core.decoding import calculate_shift, image_seq_len, shift_for
 from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import adopt, limit_resident, patcher_of
+from ..glmimage_core.memory import adopt, limit_resident, new_patcher, patcher_of
 
 log = logging.getLogger("GLM-Image")
 
@@ -401,15 +401,37 @@ def native_model(dit: DiTModel, preview_factors=None):
     """
     patcher = patcher_of(dit)
     if patcher is None or not isinstance(patcher.model, GlmImageModel):
-        fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
-        shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
-        config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
-        model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=dit.device,
-                                                   offload_device=comfy.model_management.unet_offload_device())
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY,
-                                     _clear_source_kv)
+        patcher = _new_patcher(dit, preview_factors)
         adopt(dit, patcher)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
+    return patcher
+
+
+def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
+    fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
+    shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
+    config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
+    model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
+    patcher = new_patcher(model, dit.device, comfy.model_management.unet_offload_device(), disable_dynamic)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, _clear_source_kv)
+    # What ComfyUI's own loaders register (sd.load_diffusion_model): how to load this MODEL afresh, for
+    # clone(force_deepcopy=True), deepclone_multigpu and clone(disable_dynamic=True), which raise without it.
+    patcher.cached_patcher_init = (fresh_native_model, (
+        dit.path, dit.dtype, str(dit.device), dit.weight_dtype, dict(dit.scheduler_config), dit.latent_stats,
+        dit.vae_scale_factor, preview_factors))
+    return patcher
+
+
+def fresh_native_model(path: str, dtype: torch.dtype, device: str, weight_dtype: str, scheduler_config: dict,
+                       latent_stats, vae_scale_factor: int, preview_factors=None, disable_dynamic: bool = False):
+    """A MODEL over a DiT loaded anew from `path` (not the pack's cached one): the `cached_patcher_init`
+    factory of the pack's MODELs. The copy holds weights of its own and samples exactly what the original
+    does; ComfyUI passes `disable_dynamic=True` when it wants a plain (non dynamic-VRAM) patcher. A loader's
+    VRAM limit is not an argument: it is a wrapper of the MODEL (`with_vram_limit`), which ComfyUI's clones
+    copy onto the fresh copy."""
+    dit = decoder_loading.fresh_dit(path, dtype, device, weight_dtype, scheduler_config, latent_stats,
+                                    vae_scale_factor)
+    patcher = _new_patcher(dit, preview_factors, disable_dynamic)
+    adopt(dit, patcher)
     return patcher
 
 

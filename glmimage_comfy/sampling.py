@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import latent_preview
@@ -22,6 +21,7 @@ from ..glmimage_core.decoding import glm_timesteps
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.memory import patcher_of
 from ..glmimage_core.prior import PriorTokens
+from ..glmimage_core.runtime import free_vram
 from .conditioning import build_conditioning
 from .native_model import native_model, require_flow_sampling, timestep_scale, with_vram_limit
 from .vae import comfy_vae, preview_factors
@@ -43,7 +43,7 @@ def decode_tiled_if_needed(vae, samples: torch.Tensor) -> torch.Tensor:
     device = vae.device
     if device.type != "cpu":
         need = vae.memory_used_decode(samples[:1].shape, vae.vae_dtype)
-        if need > comfy.model_management.get_free_memory(device) + vae.patcher.loaded_size():
+        if need > free_vram(device, vae.patcher) + vae.patcher.loaded_size():
             return vae.decode_tiled(samples)
     return vae.decode(samples)
 
@@ -60,7 +60,7 @@ def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> s
     weights = vram_plan.resident_bytes(dit.inventory, vram_plan.WeightOption(dit.weight_dtype))
     shape = f"{prior.width}x{prior.height} px" + (f", {prior.batch_size} pictures" if prior.batch_size > 1 else "")
     patcher = patcher_of(dit)
-    free = comfy.model_management.get_free_memory(dit.device) + (patcher.loaded_size() if patcher else 0)
+    free = free_vram(dit.device, patcher) + (patcher.loaded_size() if patcher else 0)
     refused = vram_plan.streaming_message("GLM-Image's DiT", vram_plan.largest_layer_bytes(dit.transformer),
                                           working, free, shape)
     if refused:
@@ -75,7 +75,8 @@ def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | N
                       seed: int, source_images: list[torch.Tensor] | None = None, max_resident: int | None = None):
     """[N, H, W, 3] pixels: conditioning -> ComfyUI sampler (euler, GLM schedule) -> ComfyUI VAE decode."""
     vae = comfy_vae(bundle.vae_model)
-    model = with_vram_limit(native_model(bundle.dit, lambda: preview_factors(bundle.vae_model)), max_resident)
+    vae_model = bundle.vae_model  # the preview source holds the VAE only, never the whole bundle
+    model = with_vram_limit(native_model(bundle.dit, lambda: preview_factors(vae_model)), max_resident)
     cond = build_conditioning(model, bundle.glyph, prior, prompt, vae, source_images)
     latent = cond.latent["samples"]
     noise = comfy.sample.prepare_noise(latent, seed)

@@ -8,7 +8,10 @@ and everything else is ComfyUI's: `VAE Decode`, `VAE Decode (Tiled)` (its
 tiler, with blended overlaps), `VAE Encode`, the OOM fallback to tiling, the
 model manager. ComfyUI's own `__init__` sets its defaults from an empty state
 dict (its "no VAE weights" early return), so every attribute a given ComfyUI
-release reads exists; the model, devices and memory estimates are then set here.
+release reads exists; the model, devices, patcher and memory estimates are then
+set here. That early return is not an API: tests/test_native.py compares this
+VAE's attributes with those of a VAE ComfyUI really loads, on every ComfyUI the
+tests run, so a release that sets more after the return fails a test.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ import logging
 import torch
 
 import comfy.model_management
-import comfy.model_patcher
 import comfy.sd
 
 from ..glmimage_core import vram_plan
-from ..glmimage_core.decoder_loading import VAEModel
-from ..glmimage_core.memory import adopt, ensure_on_device
+from ..glmimage_core.decoder_loading import VAEModel, fresh_vae
+from ..glmimage_core.memory import adopt, ensure_on_device, new_patcher
 
 log = logging.getLogger("GLM-Image")
 
@@ -50,7 +52,7 @@ class _QuietEmptyInit(logging.Filter):
 class GlmImageVAE(comfy.sd.VAE):
     """A ComfyUI `VAE` running GLM-Image's diffusers AutoencoderKL (raw latents in, pixels out)."""
 
-    def __init__(self, vae_model: VAEModel) -> None:
+    def __init__(self, vae_model: VAEModel, disable_dynamic: bool = False) -> None:
         quiet = _QuietEmptyInit()
         logging.getLogger().addFilter(quiet)
         try:
@@ -71,8 +73,11 @@ class GlmImageVAE(comfy.sd.VAE):
         self.device = vae_model.device
         self.vae_dtype = vae_model.dtype
         self.output_device = comfy.model_management.intermediate_device()
-        self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
-                                                        offload_device=comfy.model_management.vae_offload_device())
+        self.patcher = new_patcher(self.first_stage_model, self.device, comfy.model_management.vae_offload_device(),
+                                   disable_dynamic)
+        # As ComfyUI's VAELoader registers it: how to load this VAE afresh (deep clones, Select VAE Device).
+        self.patcher.cached_patcher_init = (fresh_vae_patcher, (vae_model.path, vae_model.dtype,
+                                                                str(vae_model.device)))
         self.size = None
         self.model_size()
 
@@ -85,6 +90,13 @@ def comfy_vae(vae_model: VAEModel) -> GlmImageVAE:
         vae_model._glmimage_comfy_vae = vae
         adopt(vae_model, vae.patcher)  # a generic patcher made before gives way
     return vae
+
+
+def fresh_vae_patcher(path: str, dtype: torch.dtype, device: str, disable_dynamic: bool = False):
+    """The patcher of a GLM-Image VAE loaded anew from `path` (not the pack's cached one): the
+    `cached_patcher_init` factory of the pack's VAEs. Its model is the new VAE's `first_stage_model`
+    (what ComfyUI's Select VAE Device puts back on the VAE), with weights of its own."""
+    return GlmImageVAE(fresh_vae(path, dtype, device), disable_dynamic).patcher
 
 
 def preview_factors(vae_model: VAEModel, pictures: int = 12, size: int = 128, seed: int = 0):

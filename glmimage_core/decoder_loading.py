@@ -532,3 +532,35 @@ def _check_compatible(folders: DecoderFolders, dit, vae_model, encoder) -> None:
         raise GlmImageInputError(f"transformer {str(folders.transformer)!r} expects glyph embeddings of size "
                                  f"{dit.config.text_embed_dim} but text_encoder {str(folders.text_encoder)!r} "
                                  f"gives {encoder.config.d_model}")
+
+
+def fresh_dit(path: str, dtype: torch.dtype, device: str, weight_dtype: str, scheduler_config: dict,
+              latent_stats: LatentStats, vae_scale_factor: int) -> DiTModel:
+    """A new copy of a DiT read again from its `transformer/` folder, outside the cache: weights of its own.
+
+    ComfyUI's deep clones (a MODEL's `cached_patcher_init`: multi-GPU copies, the training node,
+    the dynamic-VRAM fallback) need a copy that shares no tensor with the cached DiT; the other
+    settings are the cached DiT's own values, so the copy computes exactly what it does."""
+    from diffusers import GlmImageTransformer2DModel
+
+    folder = Path(path)
+    check_safetensors(folder, "transformer")
+    transformer = _guarded("transformer", folder, lambda: GlmImageTransformer2DModel.from_pretrained(
+        folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
+    stats = {"latents_mean": list(latent_stats.mean), "latents_std": list(latent_stats.std)}
+    dit = prepare_dit(transformer, str(folder), dtype, torch.device(device), scheduler_config, stats, weight_dtype)
+    dit.vae_scale_factor = int(vae_scale_factor)
+    return dit
+
+
+def fresh_vae(path: str, dtype: torch.dtype, device: str) -> VAEModel:
+    """A new copy of a VAE read again from its `vae/` folder, outside the cache (see `fresh_dit`)."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(path)
+    check_safetensors(folder, "vae")
+    vae = _guarded("vae", folder, lambda: AutoencoderKL.from_pretrained(
+        folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
+    latent_stats_of(vae.config, str(folder))
+    _prepare(vae, torch.device(device))
+    return VAEModel(vae=vae, path=str(folder), dtype=dtype, device=torch.device(device))

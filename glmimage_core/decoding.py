@@ -42,7 +42,7 @@ from .decoder_loading import DecoderBundle, DiTModel, GlyphEncoder, VAEModel
 from .dit_forward import build_source_kv, pad_glyphs, velocity
 from .errors import GlmImageInputError
 from .images import resize_rgb, to_rgb
-from .memory import ensure_on_device
+from .memory import ensure_on_device, patcher_of
 from .prior import PriorTokens, upsample_d32_to_d16
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
@@ -340,7 +340,7 @@ def batch_guidance(dit: DiTModel, height: int, width: int, pictures: int, choice
     """Both guidance branches in one forward, unless asked otherwise or free VRAM is short for twice the rows."""
     if choice != "auto":
         return choice == "batched"
-    free = runtime.free_vram(dit.device)
+    free = runtime.free_vram(dit.device, patcher_of(dit))
     if free is None:
         return True
     scale = dit.vae_scale_factor
@@ -414,7 +414,7 @@ def decode_latents(vae_model: VAEModel, latents: torch.Tensor, tiled: bool | Non
     ensure_on_device(vae_model, vae_model.vae, vae_model.device)
     latents = vae_model.latent_stats.denormalise(latents.to(vae_model.device, vae_model.dtype))
     if tiled is None:
-        free = runtime.free_vram(vae_model.device)
+        free = runtime.free_vram(vae_model.device, patcher_of(vae_model))
         tiled = free is not None and free < vram_plan.vae_decode_bytes(
             vae_model.vae.config, latents.shape[-2], latents.shape[-1], vae_model.dtype.itemsize)
     pictures = []

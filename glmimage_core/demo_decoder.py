@@ -48,6 +48,21 @@ MODEL_INDEX = {
 }
 _DECODER_KEYS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
 
+#: GLM-Image's latent channels (the DiT's in/out channels, the VAE's latent_channels).
+LATENT_CHANNELS = 16
+#: Per-channel latent statistics for the test and benchmark VAEs. GLM-Image's published
+#: vae/config.json (its latents_mean / latents_std) could not be read offline here, and
+#: the FLUX.1 / CogView4 16-channel VAE's values are another VAE's. So these are
+#: realistic stand-ins, NOT the published values: means of order +-0.5..1 and stds of
+#: 0.5..2.5, every channel different, so that a latent normalisation that multiplies
+#: by std instead of dividing, adds the mean instead of subtracting it, or mixes up
+#: channels changes the numbers the tests compare (all-0 / all-1 statistics hide
+#: every one of those mistakes).
+LATENTS_MEAN = (-0.62, 0.91, 0.57, -0.84, 0.55, -0.69, 0.73, -0.47,
+                0.98, -0.95, 0.66, -0.53, 0.82, -0.71, 0.44, -0.58)
+LATENTS_STD = (1.84, 0.62, 2.31, 1.07, 0.55, 1.63, 0.94, 2.12,
+               1.38, 0.71, 1.95, 1.16, 0.83, 2.47, 1.29, 0.68)
+
 
 def build_tiny_decoder(out_dir: str | Path, codebook: int = TINY_CODEBOOK, seed: int = 0,
                        patch_size: int = 2) -> Path:
@@ -66,15 +81,16 @@ def build_tiny_decoder(out_dir: str | Path, codebook: int = TINY_CODEBOOK, seed:
     text_encoder = T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_ff=64, num_layers=2, num_heads=2,
                                            d_kv=16, decoder_start_token_id=0)).eval()
     transformer = GlmImageTransformer2DModel(
-        patch_size=patch_size, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, text_embed_dim=text_encoder.config.d_model, time_embed_dim=16, condition_dim=8,
+        patch_size=patch_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=2,
+        attention_head_dim=8, num_attention_heads=2, text_embed_dim=text_encoder.config.d_model, time_embed_dim=16,
+        condition_dim=8,
         prior_vq_quantizer_codebook_size=codebook,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8, 16, 16),
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=(4, 8, 16, 16),
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
         norm_num_groups=4, sample_size=128,
-        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0],
+        latents_mean=list(LATENTS_MEAN), latents_std=list(LATENTS_STD),
     )
     transformer.save_pretrained(out / "transformer", safe_serialization=True)
     vae.save_pretrained(out / "vae", safe_serialization=True)

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .errors import GlmImageInputError
-from .runtime import _comfy_module, free_memory_cache, offload_device
+from .runtime import _comfy_module, free_memory_cache, free_vram, offload_device
 
 _PATCHER_ATTR = "_glmimage_patcher"
 log = logging.getLogger("GLM-Image")
@@ -62,15 +62,40 @@ class Residency:
     streaming_message: Callable[[int], str | None] | None = None
 
 
+def patcher_class(disable_dynamic: bool = False):
+    """The ModelPatcher class ComfyUI's own loaders build now, for the pack's models to be managed alike.
+
+    `comfy.model_patcher.CoreModelPatcher` where ComfyUI has it (0.12+: main.py sets it to
+    ModelPatcherDynamic, dynamic VRAM, the default on NVIDIA, *after* import, hence the lookup per call);
+    a legacy ModelPatcher next to dynamic core models makes ComfyUI unload those on every load. Plain
+    `ModelPatcher` where there is no CoreModelPatcher (0.3.75), or when ComfyUI asks for a non-dynamic
+    copy (`disable_dynamic`, as its own loaders take it).
+    """
+    model_patcher = _comfy_module("comfy.model_patcher")
+    if disable_dynamic:
+        return model_patcher.ModelPatcher
+    return getattr(model_patcher, "CoreModelPatcher", model_patcher.ModelPatcher)
+
+
+def new_patcher(module: torch.nn.Module, load_device: torch.device, offload: torch.device,
+                disable_dynamic: bool = False):
+    """A patcher over `module` made as ComfyUI's own loaders make theirs: `patcher_class()`, after recording
+    each weight's dtype (`model_management.archive_model_dtypes`, 0.33+: what the dynamic-VRAM patcher casts
+    weights back to when it offloads them; absent on 0.3.75, where nothing reads it)."""
+    archive = getattr(_comfy_module("comfy.model_management"), "archive_model_dtypes", None)
+    if archive is not None:
+        archive(module)
+    return patcher_class(disable_dynamic)(module, load_device=load_device, offload_device=offload)
+
+
 def _patcher(owner: object, module: torch.nn.Module, device: torch.device):
     """The one ModelPatcher of `owner` (created on first use, then reused)."""
     patcher = getattr(owner, _PATCHER_ATTR, None)
     if patcher is None:
-        model_patcher = _comfy_module("comfy.model_patcher")
         # ModelPatcher records the device on the module it manages; transformers models expose
         # `device` as a read-only property, so it manages a plain container around them.
         holder = torch.nn.ModuleDict({"model": module})
-        patcher = model_patcher.ModelPatcher(holder, load_device=device, offload_device=offload_device())
+        patcher = new_patcher(holder, device, offload_device())
         setattr(owner, _PATCHER_ATTR, patcher)
     return patcher
 
@@ -104,7 +129,7 @@ def _free_for(mm, patcher, device: torch.device, needed: int) -> int:
                                                      if loaded.model is patcher])
     except TypeError:  # a ComfyUI whose free_memory takes other arguments: it frees on load anyway
         pass
-    return int(mm.get_free_memory(device)) + int(patcher.loaded_size())
+    return free_vram(device, patcher) + int(patcher.loaded_size())
 
 
 def ensure_on_device(owner: object, module: torch.nn.Module, device: torch.device,

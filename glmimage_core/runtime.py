@@ -108,14 +108,19 @@ def free_memory_cache() -> None:
 
 
 
-def free_vram(device: torch.device) -> int | None:
+def free_vram(device: torch.device, patcher=None) -> int | None:
     """Bytes free on `device` for new tensors (ComfyUI's own count inside ComfyUI), or None for the CPU,
-    where RAM is treated as plenty (nothing is tiled or split on its account)."""
+    where RAM is treated as plenty (nothing is tiled or split on its account).
+
+    Inside ComfyUI it is what ComfyUI can give: `patcher.get_free_memory(device)` where the patcher has it
+    (0.33+: it also counts the VRAM that dynamic-VRAM models hand back, which
+    `model_management.get_free_memory` leaves out), else `model_management.get_free_memory`."""
     if device.type == "cpu":
         return None
     mm = _comfy_module("comfy.model_management")
     if mm is not None:
-        return int(mm.get_free_memory(device))
+        own = getattr(patcher, "get_free_memory", None)
+        return int(own(device) if callable(own) else mm.get_free_memory(device))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)

@@ -10,6 +10,7 @@ from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
 from .loader import GLMImageARLoader
+from .lora import GLMImageLoraLoader
 from .native import (GLMImageConditioning, GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageScheduler,
                      GLMImageVAELoader)
 from .preview import GLMImagePreviewTokens
@@ -33,6 +34,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageGlyphEncoderLoader,
     GLMImageConditioning,
     GLMImageScheduler,
+    GLMImageLoraLoader,
 ]
 
 

@@ -366,5 +366,5 @@ def test_mismatched_components_are_named(tmp_path):
     GlmImageTransformer2DModel(patch_size=2, in_channels=8, out_channels=8, num_layers=1, attention_head_dim=8,
                                num_attention_heads=2, text_embed_dim=32, time_embed_dim=16, condition_dim=8,
                                prior_vq_quantizer_codebook_size=TINY_CODEBOOK).save_pretrained(root / "transformer")
-    with pytest.raises(GlmImageInputError, match=r"transformer .* takes 8 latent channels but vae .* makes 4"):
+    with pytest.raises(GlmImageInputError, match=r"transformer .* takes 8 latent channels but vae .* makes 16"):
         load_decoder(str(root), device="cpu")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import json
 import math
 import threading
 
@@ -122,6 +123,63 @@ def test_ksampler_matches_diffusers_i2i_batch_2(pk, bundle, pipe, native):
     # the sources really condition the picture (positive rows read them, through the batched forward)
     other = ksampler(pk, model, vae, bundle.glyph, prior, 50, 1.5, seed=4, sources=[picture(64, 96, seed=9)])
     assert (ours - other).abs().max() > 1e-3
+
+
+def diffusers_latent_stats(pipe):
+    """GLM-Image's latent normalisation as diffusers' GlmImagePipeline writes it, straight from the VAE config."""
+    config = pipe.vae.config
+    shape = (1, config.latent_channels, 1, 1)
+    return torch.tensor(config.latents_mean).view(shape), torch.tensor(config.latents_std).view(shape)
+
+
+def test_latent_format_normalises_a_vae_encode_as_diffusers_does(pk, pipe, native):
+    """process_in / process_out are what stock nodes see (VAE Encode -> sampler -> VAE Decode); they must be
+    diffusers' `(raw - latents_mean) / latents_std` and its inverse, per channel, with the fixture's
+    non-trivial statistics (a swapped multiply/divide or a sign of the mean shows here)."""
+    model, vae = native
+    mean, std = diffusers_latent_stats(pipe)
+    assert len(set(mean.flatten().tolist())) == 16 and len(set(std.flatten().tolist())) == 16
+    raw = vae.encode(picture(128, 96)[None])  # the ComfyUI VAE: raw diffusers latents
+    fmt = model.model.latent_format
+    normalised = fmt.process_in(raw)
+    torch.testing.assert_close(normalised, (raw - mean) / std, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fmt.process_out(normalised), raw, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.model.process_latent_in(raw), normalised, atol=0, rtol=0)
+
+
+def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, bundle, pipe, native):
+    """Text-to-image from a non-empty latent (VAE Encode -> sampler at denoise 0.5): ComfyUI normalises the
+    input latent with process_in, so this is where a wrong normalisation of it changes the picture (at full
+    denoise the start sigma is 1 and the input latent drops out). Reference: diffusers' GlmImagePipeline
+    started from the same noisy latent, built with diffusers' own normalisation, over the same second half
+    of GLM-Image's 50-step schedule."""
+    import comfy.sample
+    import comfy.samplers
+
+    model, vae = native
+    prior = t2i_prior(pk, batch=1, seed=6)
+    cond = pk("glmimage_comfy.conditioning").build_conditioning(model, bundle.glyph, prior)
+    raw = vae.encode(picture(prior.height, prior.width, seed=11)[None])
+    assert raw.shape == cond.latent["samples"].shape
+    noise = comfy.sample.prepare_noise(raw, 5)
+    start = 25
+    sigmas = pk("glmimage_comfy.sampling").glm_sigmas(cond.model, 50)[start:]
+    samples = comfy.sample.sample_custom(cond.model, noise, 1.5, comfy.samplers.sampler_object("euler"), sigmas,
+                                         cond.positive, cond.negative, raw, disable_pbar=True, seed=5)
+    ours = vae.decode(samples)
+
+    mean, std = diffusers_latent_stats(pipe)
+    sigma = float(sigmas[0])
+    noisy = sigma * noise + (1 - sigma) * (raw - mean) / std
+    timesteps = pk("glmimage_core.decoding").glm_timesteps(50)[start:]
+    ref = diffusers_reference(pipe, prior, len(timesteps), 1.5, seed=5, latents=noisy,
+                              timesteps=list(timesteps), sigmas=list(timesteps / 1000))
+    assert (ours - ref).abs().max() < TOL
+    # the input picture really shapes the result (half the way from it, not from noise alone)
+    other = vae.encode(picture(prior.height, prior.width, seed=12)[None])
+    elsewhere = comfy.sample.sample_custom(cond.model, noise, 1.5, comfy.samplers.sampler_object("euler"), sigmas,
+                                           cond.positive, cond.negative, other, disable_pbar=True, seed=5)
+    assert (vae.decode(elsewhere) - ours).abs().max() > 1e-2
 
 
 def test_decode_node_path_equals_ksampler_and_the_core_loop(pk, bundle, native):
@@ -272,6 +330,95 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
     assert (ours - plain).abs().max() > 1e-3  # the LoRA changed the picture
 
 
+def merged_by_hand(pk, bundle, lora, scales: dict):
+    """A MODEL over a copy of the DiT whose weights are W + scale * B @ A per module: diffusers' LoRA maths."""
+    import comfy.model_management
+
+    # ComfyUI leaves the last sampled MODEL's patches merged into the shared weights until it unloads it
+    comfy.model_management.unload_all_models()
+    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.transformer), lock=threading.Lock())
+    for name, scale in scales.items():
+        delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
+        merged.transformer.get_submodule(name).weight.data += scale * delta
+    return pk("glmimage_comfy.native_model").native_model(merged)
+
+
+@pytest.fixture
+def loras_folder(tmp_path, monkeypatch):
+    """A real models/loras entry for this test only (ComfyUI's folder_paths, restored afterwards)."""
+    import folder_paths
+
+    paths, extensions = folder_paths.folder_names_and_paths["loras"]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)] + list(paths), extensions))
+    return tmp_path
+
+
+def write_diffusers_lora(bundle, folder, file_name: str, targets: list[str], rank: int, config: dict) -> dict:
+    """A LoRA file as diffusers 0.42.1 writes one (LoraBaseMixin._save_lora_weights: weights and the
+    adapter settings both prefixed 'transformer.', the settings as JSON in 'lora_adapter_metadata')."""
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    g = torch.Generator().manual_seed(len(file_name))
+    layers = {}
+    for name in targets:
+        weight = bundle.transformer.get_submodule(name).weight
+        layers[f"{name}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.2
+        layers[f"{name}.lora_B.weight"] = torch.randn(weight.shape[0], rank, generator=g) * 0.2
+    LoraBaseMixin._save_lora_weights(save_directory=str(folder), lora_layers={"transformer": layers},
+                                     lora_metadata={"transformer": {"r": rank, **config}}, weight_name=file_name)
+    return {f"transformer.{key}": value for key, value in layers.items()}
+
+
+def test_lora_with_its_alpha_in_diffusers_metadata_renders_at_diffusers_strength(pk, bundle, native, loras_folder):
+    """lora_alpha = 2 x r, kept only in the file's metadata: 'Load GLM-Image LoRA' at strength 1 gives the
+    DiT merged with diffusers' scale (alpha / r = 2); stock LoraLoaderModelOnly reads no metadata (scale 1)
+    and needs strength 2 for the same picture, as the README says."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py
+
+    from safetensors import safe_open
+
+    model, vae = native
+    targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
+    lora = write_diffusers_lora(bundle, loras_folder, "glm_alpha2x.safetensors", targets, 4, {"lora_alpha": 8})
+    with safe_open(str(loras_folder / "glm_alpha2x.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["lora_adapter_metadata"])["transformer.lora_alpha"] == 8
+        assert not any(k.endswith(".alpha") for k in f.keys())  # the alpha is in the metadata only
+    node = pk("nodes.lora").GLMImageLoraLoader
+    prior = t2i_prior(pk, batch=1, seed=8)
+    render = lambda m: ksampler(pk, m, vae, bundle.glyph, prior, 6, 1.5, seed=2)  # noqa: E731
+    ours = render(node.execute(model, "glm_alpha2x.safetensors", 1.0).args[0])
+    reference = render(merged_by_hand(pk, bundle, lora, {name: 8 / 4 for name in targets}))
+    stock_1 = render(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "glm_alpha2x.safetensors", 1.0)[0])
+    stock_2 = render(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "glm_alpha2x.safetensors", 2.0)[0])
+    assert (ours - reference).abs().max() < 1e-5
+    assert (stock_2 - reference).abs().max() < 1e-5
+    assert (stock_1 - reference).abs().max() > 1e-3  # what the stock loader gives at the strength diffusers uses
+
+
+def test_lora_alpha_pattern_and_rslora_follow_peft(pk, bundle, native, loras_folder):
+    """Per-module alpha_pattern (PEFT's rule: the first pattern matching the end of the module name) and
+    rsLoRA (lora_alpha / sqrt(r)) as diffusers applies them; malformed metadata names the file."""
+    model, vae = native
+    targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn1.to_k", "transformer_blocks.1.ff.net.2"]
+    config = {"lora_alpha": 2, "alpha_pattern": {"ff.net.2": 12, r"1\.attn1\.to_k": 6}, "use_rslora": True}
+    lora = write_diffusers_lora(bundle, loras_folder, "glm_pattern.safetensors", targets, 4, config)
+    node = pk("nodes.lora").GLMImageLoraLoader
+    prior = t2i_prior(pk, batch=1, seed=8)
+    ours = ksampler(pk, node.execute(model, "glm_pattern.safetensors", 0.5).args[0], vae, bundle.glyph, prior, 6,
+                    1.5, seed=2)
+    scales = {targets[0]: 0.5 * 2 / 2, targets[1]: 0.5 * 6 / 2, targets[2]: 0.5 * 12 / 2}  # alpha / sqrt(4)
+    reference = ksampler(pk, merged_by_hand(pk, bundle, lora, scales), vae, bundle.glyph, prior, 6, 1.5, seed=2)
+    assert (ours - reference).abs().max() < 1e-5
+
+    lora_metadata = pk("glmimage_comfy.lora_metadata")
+    errors = pk("glmimage_core.errors")
+    with pytest.raises(errors.GlmImageInputError, match="lora_name 'x': its 'lora_adapter_metadata' metadata is not JSON"):
+        lora_metadata.with_peft_alphas(lora, {"lora_adapter_metadata": "{r: 4"}, name="lora_name 'x'")
+    with pytest.raises(errors.GlmImageInputError, match="the alpha of transformer_blocks.0.attn1.to_q .* is 'eight'"):
+        lora_metadata.with_peft_alphas(lora, {"lora_adapter_metadata": json.dumps({"lora_alpha": "eight"})})
+    assert lora_metadata.with_peft_alphas(lora, {"format": "pt"}) == (lora, None)  # no metadata: as stock
+
+
 def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
     sampling = pk("glmimage_comfy.sampling")
     model, _ = native
@@ -323,13 +470,120 @@ def test_two_loaders_of_one_dit_each_sample_with_their_own_vram_limit(pk, root, 
     assert small.vram_limit == int(budget_gb * (1 << 30)) and whole.vram_limit is None
 
 
+# --------------------------------------------------------------------------- deep clones
+
+
+def storages(module: torch.nn.Module) -> set[int]:
+    return {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+
+def deep_clones(patcher) -> list:
+    """Every way this ComfyUI makes a copy of a patcher with weights of its own, from its cached_patcher_init:
+    the factory itself (as ComfyUI's dynamic-VRAM fallback calls it), and where ComfyUI has them (0.33),
+    clone(force_deepcopy=True) (the training node) and deepclone_multigpu (multi-GPU, Select VAE Device)."""
+    import inspect
+
+    import comfy.model_patcher
+
+    factory, args = patcher.cached_patcher_init[:2]
+    clones = [factory(*args, disable_dynamic=True)]
+    if "force_deepcopy" in inspect.signature(comfy.model_patcher.ModelPatcher.clone).parameters:
+        clones += [patcher.clone(force_deepcopy=True), patcher.deepclone_multigpu()]
+    return clones
+
+
+def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_picture(pk, bundle, native):
+    """The MODEL registers a cached_patcher_init as ComfyUI's own loaders do; without it ComfyUI's deep
+    clones raise ("cached_patcher_init is not initialized") or, on 0.3.75, there is nothing to call."""
+    model, vae = native
+    prior = t2i_prior(pk, batch=1, seed=9)
+    picture_of = ksampler(pk, model, vae, bundle.glyph, prior, 6, 1.5, seed=3)
+    clones = deep_clones(model)
+    for clone in clones:
+        assert type(clone.model) is type(model.model) and clone.model is not model.model
+        assert clone.model.dit.transformer is not bundle.transformer
+        assert not storages(clone.model) & storages(model.model)
+        assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
+    assert pk("glmimage_core.memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
+
+
+def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_picture(pk, bundle, native):
+    _, vae = native
+    raw = bundle.dit.latent_stats.denormalise(torch.randn(1, 16, 12, 8, generator=torch.Generator().manual_seed(1)))
+    pixels = vae.decode(raw)
+    for patcher in deep_clones(vae.patcher):
+        clone = copy.copy(vae)  # what ComfyUI's Select VAE Device does with a deep-cloned patcher
+        clone.patcher, clone.first_stage_model = patcher, patcher.model
+        assert type(patcher.model) is type(vae.first_stage_model) and patcher.model is not vae.first_stage_model
+        assert not storages(patcher.model) & storages(vae.first_stage_model)
+        assert torch.equal(clone.decode(raw), pixels)
+
+
+# --------------------------------------------------------------------------- patcher class
+
+
+def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, tmp_path, monkeypatch):
+    """Core loaders build `comfy.model_patcher.CoreModelPatcher`, which main.py replaces (after import) by
+    ModelPatcherDynamic on NVIDIA; the pack's DiT, VAE and generic (AR / glyph encoder) patchers must be that
+    class too, looked up when they are built, and plain ModelPatcher where ComfyUI has none (0.3.75) or when
+    ComfyUI asks for a non-dynamic copy."""
+    import comfy.model_patcher as mp
+
+    decoder_loading, memory = pk("glmimage_core.decoder_loading"), pk("glmimage_core.memory")
+    model, vae = native
+    as_found = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # without main.py's switch
+    assert type(model) is as_found and type(vae.patcher) is as_found
+
+    class CorePatcher(mp.ModelPatcher):  # a real ModelPatcher subclass, set the way main.py sets its own
+        pass
+
+    monkeypatch.setattr(mp, "CoreModelPatcher", CorePatcher, raising=False)
+    root = pk("glmimage_core.demo_decoder").build_tiny_decoder(tmp_path / "glm")
+    dit = decoder_loading.load_dit(str(root), dtype="fp32", device="cpu")  # what 'Load GLM-Image DiT' calls
+    assert type(pk("glmimage_comfy.native_model").native_model(dit)) is CorePatcher
+    new_vae = pk("glmimage_comfy.vae").comfy_vae(decoder_loading.load_vae(str(root), dtype="fp32", device="cpu"))
+    assert type(new_vae.patcher) is CorePatcher
+    glyph = decoder_loading.load_glyph_encoder(str(root), dtype="fp32", device="cpu")
+    memory.ensure_on_device(glyph, glyph.text_encoder, glyph.device)  # the AR model's and glyph encoder's path
+    assert type(memory.patcher_of(glyph)) is CorePatcher
+    import comfy.model_management
+
+    if hasattr(comfy.model_management, "archive_model_dtypes"):  # 0.33: what dynamic VRAM casts weights back to
+        for layer in (dit.transformer.transformer_blocks[0].ff.net[2], new_vae.first_stage_model.vae.decoder.conv_in,
+                      glyph.text_encoder.shared):
+            assert layer.weight_comfy_model_dtype == layer.weight.dtype
+    for patcher in (model, vae.patcher):  # fresh copies: dynamic unless ComfyUI asks otherwise
+        factory, args = patcher.cached_patcher_init[:2]
+        assert type(factory(*args)) is CorePatcher
+        assert type(factory(*args, disable_dynamic=True)) is mp.ModelPatcher
+
+
+def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
+    """0.33's ModelPatcher.get_free_memory also counts VRAM that dynamic-VRAM models give back, which
+    model_management.get_free_memory leaves out: the pack's checks ask the patcher where it has the method."""
+    import comfy.model_patcher as mp
+
+    runtime = pk("glmimage_core.runtime")
+    asked = []
+
+    class Patcher(mp.ModelPatcher):
+        def get_free_memory(self, device):
+            asked.append(device)
+            return 7 << 30
+
+    patcher = Patcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    gpu = torch.device("cuda", 0)  # only named: the method answers, no GPU is touched
+    assert runtime.free_vram(gpu, patcher) == 7 << 30 and asked == [gpu]
+    assert runtime.free_vram(torch.device("cpu"), patcher) is None  # RAM is not budgeted
+
+
 # --------------------------------------------------------------------------- VAE and previews
 
 
 def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_tiler(pk, bundle, native):
     _, vae = native
     g = torch.Generator().manual_seed(4)
-    latents = torch.randn(1, 4, 24, 20, generator=g)  # model space, 192x160 px
+    latents = torch.randn(1, 16, 24, 20, generator=g)  # model space, 192x160 px
     core = pk("glmimage_core.decoding").decode_latents(bundle.vae_model, latents, tiled=False)
     raw = bundle.dit.latent_stats.denormalise(latents)
     assert torch.equal(vae.decode(raw), core)
@@ -347,12 +601,36 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     torch.testing.assert_close(encoded, expected, atol=1e-6, rtol=0)
 
 
+def test_the_vae_has_every_attribute_comfyuis_own_vae_sets_on_a_real_load(pk, native):
+    """The pack's VAE takes ComfyUI's defaults from `comfy.sd.VAE.__init__(sd={})`, which returns early ("No VAE
+    weights detected"), then sets the rest itself. Compared here with a VAE that ComfyUI really loads (its own
+    AutoencoderKL, from a state dict and config): an attribute a newer ComfyUI sets, and reads in VAE Decode /
+    Encode / tiling, but that the early return skips, fails this test instead of a user's graph."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    params = {"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3,
+                                           "out_ch": 3, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
+                                           "attn_resolutions": [], "dropout": 0.0}}
+    stock = comfy.sd.VAE(sd=AutoencoderKL(**params).state_dict(), config={"params": params})
+    assert stock.first_stage_model is not None and stock.patcher is not None  # really loaded
+    _, ours = native
+    missing = sorted(set(vars(stock)) - set(vars(ours)))
+    assert not missing, f"ComfyUI's VAE sets {missing} on a real load; GlmImageVAE.__init__ must set them too"
+    for name, value in vars(stock).items():
+        mine = getattr(ours, name)
+        assert callable(mine) == callable(value), name
+        if isinstance(value, (bool, int, float, torch.device, torch.dtype, list)) and value is not None:
+            assert isinstance(mine, type(value)), (name, value, mine)
+    assert type(ours.patcher) is type(stock.patcher)  # the same patcher class as ComfyUI's own VAE
+
+
 def test_preview_factors_are_a_least_squares_fit_made_once_from_the_vae(pk, bundle, native):
     vae_mod = pk("glmimage_comfy.vae")
     # the fit recovers a known affine map exactly
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(3, 4, 8, 8, generator=g)
-    truth, bias = torch.randn(4, 3, generator=g), torch.randn(3, generator=g)
+    latents = torch.randn(3, 16, 8, 8, generator=g)
+    truth, bias = torch.randn(16, 3, generator=g), torch.randn(3, generator=g)
     colours = (latents.permute(0, 2, 3, 1) @ truth + bias).permute(0, 3, 1, 2)
     factors, fitted_bias = vae_mod.fit_rgb_factors(latents, colours)
     torch.testing.assert_close(torch.tensor(factors), truth, atol=1e-4, rtol=0)
@@ -361,7 +639,7 @@ def test_preview_factors_are_a_least_squares_fit_made_once_from_the_vae(pk, bund
     model, _ = native
     fmt = model.model.latent_format
     first = fmt.latent_rgb_factors
-    assert len(first) == 4 and len(first[0]) == 3 and len(fmt.latent_rgb_factors_bias) == 3
+    assert len(first) == 16 and len(first[0]) == 3 and len(fmt.latent_rgb_factors_bias) == 3
     assert fmt.latent_rgb_factors is first and first == vae_mod.preview_factors(bundle.vae_model)[0]
 
 
@@ -381,7 +659,7 @@ def test_bad_inputs_name_what_is_wrong(pk, bundle, native):
     with pytest.raises(errors.GlmImageInputError, match="vae: image-to-image tokens need the VAE"):
         cond_mod.build_conditioning(model, bundle.glyph, i2i_prior(pk), None, None, [picture(64, 96)])
     cond = cond_mod.build_conditioning(model, bundle.glyph, t2i_prior(pk, batch=1))
-    wrong = torch.zeros(1, 4, 24, 24)  # a 192x192 latent for 96x128 tokens
+    wrong = torch.zeros(1, 16, 24, 24)  # a 192x192 latent for 96x128 tokens
     with pytest.raises(errors.GlmImageInputError, match="latent: the sampler's latent is 192x192 px but the GLM-Image "
                                                          "tokens are for 96x128 px: .*a second pass at a larger size, "
                                                          "make tokens for that size"):

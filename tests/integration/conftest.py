@@ -22,6 +22,29 @@ from tests.comfy_harness import COMFY033_VERSION, ComfyError, ComfyServer, comfy
 TINY_AR_NAME = "tiny-glm-image"  # an AR model alone (build_tiny_ar_model)
 FULL_MODEL_NAME = "GLM-Image"    # AR + decoder in the hub layout: the folder the example workflows name
 TEST_NODES = Path(__file__).parent / "comfy_test_nodes"  # test-only helper nodes (see its docstring)
+#: In models/loras: a diffusers/PEFT LoRA of the tiny DiT whose lora_alpha (2 x r) is in its metadata only.
+PEFT_LORA_NAME = "glm_image_peft_alpha.safetensors"
+
+
+def write_peft_lora(loras: Path, transformer: Path) -> None:
+    """The LoRA file as diffusers 0.42.1 writes it (LoraBaseMixin._save_lora_weights: weights prefixed
+    'transformer.', r and lora_alpha as JSON in the metadata 'lora_adapter_metadata'), so that the LoRA
+    loader nodes have a real file to list and apply."""
+    import torch
+    from diffusers.loaders.lora_base import LoraBaseMixin
+    from safetensors.torch import load_file
+
+    weights = load_file(str(transformer / "diffusion_pytorch_model.safetensors"))
+    g = torch.Generator().manual_seed(1)
+    layers = {}
+    for name in ("transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"):
+        out_features, in_features = weights[f"{name}.weight"].shape
+        layers[f"{name}.lora_A.weight"] = torch.randn(4, in_features, generator=g)
+        layers[f"{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=g)
+    loras.mkdir(parents=True, exist_ok=True)
+    LoraBaseMixin._save_lora_weights(save_directory=str(loras), lora_layers={"transformer": layers},
+                                     lora_metadata={"transformer": {"r": 4, "lora_alpha": 8}},
+                                     weight_name=PEFT_LORA_NAME)
 
 TARGETS = comfy_targets()
 
@@ -51,6 +74,7 @@ def comfy_server(comfy_target, tmp_path_factory):
     (server.base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     server.add_model(FULL_MODEL_NAME, build_tiny_full_hub_layout)
     server.add_model(TINY_AR_NAME, build_tiny_ar_model)
+    write_peft_lora(server.base / "models" / "loras", server.model_path(FULL_MODEL_NAME) / "transformer")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(server.input_dir / "example.png")
     try:

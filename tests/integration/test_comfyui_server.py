@@ -12,7 +12,8 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "example_workflows").g
 PACK_NODES = ["GLMImageARLoader", "GLMImageShape", "GLMImagePrompt", "GLMImageGenerateTokens",
               "GLMImageExtractTokens", "GLMImagePreviewTokens", "GLMImageSaveTokens", "GLMImageLoadTokens",
               "GLMImageDecoderLoader", "GLMImageDecode", "GLMImageDiTLoader", "GLMImageVAELoader",
-              "GLMImageGlyphEncoderLoader", "GLMImageConditioning", "GLMImageScheduler"]
+              "GLMImageGlyphEncoderLoader", "GLMImageConditioning", "GLMImageScheduler",
+              "GLMImageLoraLoader"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.comfy_harness import node_id, workflow_to_api_prompt
-from tests.integration.conftest import FULL_MODEL_NAME
+from tests.integration.conftest import FULL_MODEL_NAME, PEFT_LORA_NAME
 
 KSAMPLER_WORKFLOW = Path(__file__).resolve().parents[2] / "example_workflows" / "glm_image_ksampler.json"
 
@@ -77,6 +77,25 @@ def test_lora_loader_model_only_applies_a_glm_image_dit_lora(comfy_server, promp
     prompt[cond]["inputs"]["model"] = ["900", 0]
     with_lora = final_pixels(comfy_server, comfy_server.run(prompt))
     assert np.abs(with_lora - plain).max() > 8  # the LoRA reached the DiT
+    assert "lora key not loaded" not in comfy_server.log_tail(200_000)
+
+
+def test_pack_lora_loader_applies_the_lora_alpha_of_a_diffusers_lora_files_metadata(comfy_server, prompt):
+    """A diffusers LoRA with lora_alpha = 2 x r (in its metadata only): 'Load GLM-Image LoRA' at strength 1
+    gives diffusers' scale, which the stock LoraLoaderModelOnly gives at strength 2 (README), not at 1."""
+    prompt = _small(prompt)
+    dit, cond = node_id(prompt, "GLMImageDiTLoader"), node_id(prompt, "GLMImageConditioning")
+
+    def render(loader: str, strength: float) -> np.ndarray:
+        graph = json.loads(json.dumps(prompt))
+        graph["910"] = {"class_type": loader, "inputs": {"model": [dit, 0], "lora_name": PEFT_LORA_NAME,
+                                                         "strength_model": strength}}
+        graph[cond]["inputs"]["model"] = ["910", 0]
+        return final_pixels(comfy_server, comfy_server.run(graph))
+
+    ours = render("GLMImageLoraLoader", 1.0)
+    assert np.array_equal(ours, render("LoraLoaderModelOnly", 2.0))
+    assert np.abs(ours - render("LoraLoaderModelOnly", 1.0)).max() > 2
     assert "lora key not loaded" not in comfy_server.log_tail(200_000)
 
 
