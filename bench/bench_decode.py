@@ -29,7 +29,7 @@ from glmimage_core.decoder_loading import load_decoder  # noqa: E402
 from glmimage_core.decoding import decode_prior  # noqa: E402
 from glmimage_core.demo_decoder import build_tiny_full_hub_layout  # noqa: E402
 from glmimage_core.demo_models import TINY_CODEBOOK  # noqa: E402
-from glmimage_core.prior import PriorTokens  # noqa: E402
+from glmimage_core.payloads import PriorTokens  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -35,12 +35,12 @@ from common import (REPO, Measured, StepClock, gib, machine, quiet_libraries, ra
 
 from glmimage_core import real_size  # noqa: E402
 from glmimage_core.ar_loading import load_ar_model, prepare_ar_model  # noqa: E402
-from glmimage_core.decoder_loading import (DecoderBundle, GlyphEncoder, VAEModel, load_decoder,  # noqa: E402
-                                           prepare_dit)
+from glmimage_core.decoder_loading import load_decoder, prepare_dit  # noqa: E402
 from glmimage_core.decoding import decode_latents, decode_prior  # noqa: E402
 from glmimage_core.demo_decoder import SCHEDULER_CONFIG, build_tiny_full_hub_layout  # noqa: E402
 from glmimage_core.extraction import extract_prior  # noqa: E402
 from glmimage_core.generation import generate_tokens  # noqa: E402
+from glmimage_core.payloads import DecoderBundle, GlyphEncoder, VAEModel  # noqa: E402
 from glmimage_core.prompting import prepare_inputs  # noqa: E402
 from glmimage_core.shapes import GridShape  # noqa: E402
 

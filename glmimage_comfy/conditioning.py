@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..glmimage_core.decoder_loading import DiTModel, GlyphEncoder
 from ..glmimage_core.decoding import encode_glyphs, validate
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import resize_rgb, to_rgb
-from ..glmimage_core.prior import PriorTokens, upsample_d32_to_d16
+from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, upsample_d32_to_d16
 from .native_model import GlmImageModel, SourceImages, with_shift_for
 
 

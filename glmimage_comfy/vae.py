@@ -22,7 +22,7 @@ import comfy.model_patcher
 import comfy.sd
 
 from ..glmimage_core import vram_plan
-from ..glmimage_core.decoder_loading import VAEModel
+from ..glmimage_core.payloads import VAEModel
 from ..glmimage_core.memory import adopt, ensure_on_device
 
 log = logging.getLogger("GLM-Image")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,55 +23,12 @@ from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
 from .model_folders import resolve_model_path
+from .payloads import ARModel
 from .runtime import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
 
 DEVICE_CHOICES = list(_DEVICES)
 ATTENTION_CHOICES = ["sdpa", "eager"]
 QUANTIZATION_CHOICES = ["none", "int8", "nf4"]
-
-
-@dataclass(eq=False)
-class ARModel:
-    """What a `GLMIMAGE_AR` socket carries: the model, its processor and how they were loaded.
-
-    `lock` serialises generation: the model keeps decode positions
-    (`rope_deltas`) on its instance, so two concurrent `generate` calls on one
-    instance would corrupt each other.
-    """
-
-    model: torch.nn.Module
-    processor: object
-    path: str
-    dtype: torch.dtype
-    device: torch.device
-    attention: str
-    quantization: str = "none"
-    weight_dtype: str = "default"
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Submodules that must sit on the device even when ComfyUI streams the rest (read without a forward).
-    pinned: list[str] = field(default_factory=list)
-    #: Parameter counts by kind, for the VRAM plan (vram_plan.Inventory).
-    inventory: vram_plan.Inventory | None = None
-    #: Whether the text embedding table stays in RAM (inside ComfyUI: cast_layers.HostEmbedding).
-    embeddings_on_host: bool = False
-    #: (batch, total length) shapes speed=compiled has compiled for (transformers keeps the compiled step).
-    compiled_shapes: set = field(default_factory=set, repr=False)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.config.vq_config.num_embeddings)
-
-    @property
-    def image_start_id(self) -> int:
-        return int(self.config.image_start_token_id)
-
-    @property
-    def image_end_id(self) -> int:
-        return int(self.config.image_end_token_id)
 
 
 @dataclass(frozen=True)

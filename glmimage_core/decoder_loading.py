@@ -31,7 +31,7 @@ import os
 import struct
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -43,161 +43,12 @@ from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
 from .model_folders import resolve_model_path
+from .payloads import DecoderBundle, DiTModel, GlyphEncoder, VAEModel, latent_stats_of
 from .runtime import free_memory_cache, offload_device, torch_device
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 _WEIGHTED = ("transformer", "vae", "text_encoder")
-
-
-@dataclass(frozen=True)
-class LatentStats:
-    """GLM-Image's per-channel latent normalisation (the VAE config's latents_mean / latents_std).
-
-    The DiT works on normalised latents; the VAE reads and writes raw ones."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
-    def tensors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, self.channels, 1, 1)
-        return (torch.tensor(self.mean).view(shape).to(device, dtype), torch.tensor(self.std).view(shape).to(device, dtype))
-
-    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        mean, std = self.tensors(raw.device, raw.dtype)
-        return (raw - mean) / std
-
-    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
-        mean, std = self.tensors(latents.device, latents.dtype)
-        return latents * std + mean
-
-
-@dataclass(eq=False)
-class DiTModel:
-    """GLM-Image's DiT (diffusers `GlmImageTransformer2DModel`) and what sampling it needs.
-
-    `lock` serialises use: the source-image KV cache and the module placement are per-run state."""
-
-    transformer: torch.nn.Module
-    path: str
-    dtype: torch.dtype  # compute dtype
-    device: torch.device
-    scheduler_config: dict  # FlowMatchEulerDiscreteScheduler settings (shift parameters)
-    latent_stats: LatentStats
-    vae_scale_factor: int
-    weight_dtype: str = "default"
-    inventory: vram_plan.Inventory | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.transformer.config.prior_vq_quantizer_codebook_size)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.transformer.config.patch_size)
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels)
-
-
-@dataclass(eq=False)
-class VAEModel:
-    """GLM-Image's VAE (diffusers `AutoencoderKL`, 16 latent channels, 8x per side)."""
-
-    vae: torch.nn.Module
-    path: str
-    dtype: torch.dtype
-    device: torch.device
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_stats(self) -> LatentStats:
-        return latent_stats_of(self.vae.config, self.path)
-
-
-@dataclass(eq=False)
-class GlyphEncoder:
-    """The ByT5 (T5 encoder) that turns the prompt's quoted text into glyph embeddings for the DiT."""
-
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    path: str
-    dtype: torch.dtype
-    device: torch.device
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.text_encoder.config.d_model)
-
-
-@dataclass(eq=False)
-class DecoderBundle:
-    """What a `GLMIMAGE_DECODER` socket carries: DiT, VAE, glyph encoder and the scheduler, loaded together.
-
-    `lock` serialises decoding with this bundle (the parts have their own locks
-    for the native nodes, which use them one at a time)."""
-
-    dit: DiTModel
-    vae_model: VAEModel
-    glyph: GlyphEncoder
-    scheduler: object  # diffusers FlowMatchEulerDiscreteScheduler (a template: decoding copies it)
-    path: str
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Most bytes of the DiT kept on the GPU while decoding (the rest streams); None = ComfyUI decides.
-    #: A placement choice, not part of the weights: the loader node sets it on the cached bundle.
-    vram_limit: int | None = None
-
-    # The parts as plain modules (what the decode steps and the tests read).
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.dit.transformer
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self.vae_model.vae
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.glyph.text_encoder
-
-    @property
-    def tokenizer(self):
-        return self.glyph.tokenizer
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.dtype
-
-    @property
-    def vae_dtype(self) -> torch.dtype:
-        return self.vae_model.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.dit.device
-
-    @property
-    def codebook_size(self) -> int:
-        return self.dit.codebook_size
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return self.vae_model.scale_factor
-
-    @property
-    def patch_size(self) -> int:
-        return self.dit.patch_size
 
 
 @dataclass(frozen=True)
@@ -415,14 +266,6 @@ def _scheduler_class():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler
-
-
-def latent_stats_of(vae_config, where: str) -> LatentStats:
-    if vae_config.get("latents_mean") is None or vae_config.get("latents_std") is None:
-        raise GlmImageInputError(f"vae {where!r} has no latents_mean/latents_std in its config: "
-                                 "it is not GLM-Image's VAE")
-    return LatentStats(tuple(float(v) for v in vae_config["latents_mean"]),
-                       tuple(float(v) for v in vae_config["latents_std"]))
 
 
 def _read_config(folder: Path, component: str) -> dict:

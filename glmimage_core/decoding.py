@@ -38,12 +38,11 @@ import numpy as np
 import torch
 
 from . import runtime, vram_plan
-from .decoder_loading import DecoderBundle, DiTModel, GlyphEncoder, VAEModel
 from .dit_forward import build_source_kv, pad_glyphs, velocity
 from .errors import GlmImageInputError
 from .images import resize_rgb, to_rgb
 from .memory import ensure_on_device
-from .prior import PriorTokens, upsample_d32_to_d16
+from .payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, upsample_d32_to_d16
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
 MAX_GLYPH_BYTES = 2048

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import GlmImageInputError
-from .prior import PriorTokens
+from .payloads import PriorTokens
 
 FORMAT = "glm-image-prior"
 VERSION = "1"

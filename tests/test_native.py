@@ -60,13 +60,13 @@ def native(pk, bundle):
 
 def t2i_prior(pk, batch=2, h=4, w=3, seed=0, codebook=64):
     grids = torch.randint(0, codebook, (batch, h, w), generator=torch.Generator().manual_seed(seed))
-    return pk("glmimage_core.prior").PriorTokens(grids=grids, mode="t2i", prompt=PROMPT, codebook_size=codebook)
+    return pk("glmimage_core.payloads").PriorTokens(grids=grids, mode="t2i", prompt=PROMPT, codebook_size=codebook)
 
 
 def i2i_prior(pk, batch=2):
     prior = t2i_prior(pk, batch=batch, seed=1)
     source = torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(2))
-    return pk("glmimage_core.prior").PriorTokens(grids=prior.grids, mode="i2i", prompt='make "it" red',
+    return pk("glmimage_core.payloads").PriorTokens(grids=prior.grids, mode="i2i", prompt='make "it" red',
                                                  codebook_size=64, source_grids=[source])
 
 
