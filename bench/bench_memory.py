@@ -122,8 +122,8 @@ def layer_cost(tiny: bool) -> dict:
         dit = real_size.build_dit(layers=2)
     # Both sides are copies, so that neither has the weights' first allocation to itself.
     ar, dit, cast_ar, cast_dit = copy.deepcopy(ar), copy.deepcopy(dit), copy.deepcopy(ar), copy.deepcopy(dit)
-    make_castable(cast_ar, comfy.ops)
-    make_castable(cast_dit, comfy.ops)
+    make_castable(cast_ar, comfy.ops.disable_weight_init)
+    make_castable(cast_dit, comfy.ops.disable_weight_init)
     ids = torch.randint(real_size.IMAGE_END + 1, real_size.IMAGE_END + 512, (1, 1))
     g = torch.Generator().manual_seed(0)
     kwargs = dict(hidden_states=torch.randn(1, 16, 32, 32, generator=g).bfloat16(),

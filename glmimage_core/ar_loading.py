@@ -221,8 +221,9 @@ def prepare_ar_model(model: torch.nn.Module, processor, path: str, dtype: torch.
     if ops is not None:
         keep_embeddings_on_host(model, list(vram_plan.AR_HOST_EMBEDDINGS))
         if quantization == "none":  # bitsandbytes layers are neither castable nor movable
-            make_castable(model, ops, resolve_weight_dtype(weight_dtype),
-                          keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP))
+            make_castable(model, ops.disable_weight_init, resolve_weight_dtype(weight_dtype),
+                          keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP),
+                          fp8_operations=ops.manual_cast)
             pinned = _pinned_modules(model)
     if quantization == "none":  # quantized weights are placed by from_pretrained and cannot move
         # Inside ComfyUI its model manager moves the model to the GPU when a run needs it.

@@ -283,7 +283,7 @@ def _prepare(module: torch.nn.Module, device: torch.device, fp8_dtype: torch.dty
     module.eval().requires_grad_(False)
     ops = comfy_ops()
     if ops is not None:
-        make_castable(module, ops, fp8_dtype, keep)
+        make_castable(module, ops.disable_weight_init, fp8_dtype, keep, fp8_operations=ops.manual_cast)
         module.to(offload_device())
     else:
         module.to(device)
