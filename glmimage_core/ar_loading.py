@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import vram_plan
-from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype
+from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
@@ -141,9 +141,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     if fp8_dtype is not None and quantization != "none":
         raise GlmImageInputError(f"weight_dtype {weight_dtype} and quantization {quantization} both shrink the "
                                  "weights: choose one (quantization none, or weight_dtype default)")
-    if fp8_dtype is not None and comfy_ops() is None:
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
-                                 "ComfyUI only; choose weight_dtype default here")
+    weight_dtype_in(weight_dtype, comfy_ops() is not None)
     path = resolve_model_path(model)
     target = torch_device(device)
     if _is_hub_id(path) and not Path(path).exists():

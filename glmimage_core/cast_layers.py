@@ -56,6 +56,16 @@ def resolve_weight_dtype(choice: str) -> torch.dtype | None:
     return dtype
 
 
+def weight_dtype_in(weight_dtype: str, in_comfy: bool) -> torch.dtype | None:
+    """`weight_dtype` parsed (`resolve_weight_dtype`), and refused outside ComfyUI when it stores fp8 weights:
+    those need ComfyUI's cast layers (the AR loader and the DiT loader share this check)."""
+    fp8_dtype = resolve_weight_dtype(weight_dtype)
+    if fp8_dtype is not None and not in_comfy:
+        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
+                                 "ComfyUI only; choose weight_dtype default here")
+    return fp8_dtype
+
+
 @dataclass
 class CastSummary:
     """What `make_castable` changed: layer classes swapped, Linear weights put in fp8, leaves it left alone."""

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import threading
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -38,16 +36,16 @@ from typing import Mapping
 import torch
 
 from . import vram_plan
-from .cast_layers import make_castable, resolve_weight_dtype
+from .cast_layers import make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
 from .model_folders import resolve_model_path
 from .payloads import DecoderBundle, DiTModel, GlyphEncoder, VAEModel, latent_stats_of
 from .runtime import free_memory_cache, offload_device, torch_device
+from .weight_files import check_safetensors, checkpoint_dtype
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 _WEIGHTED = ("transformer", "vae", "text_encoder")
 
 
@@ -97,56 +95,6 @@ def find_folders(path: str | os.PathLike | None, overrides: Mapping[str, str | o
         folders[name] = folder.resolve()
     name = str(root) if root is not None else str(folders["transformer"].parent)
     return DecoderFolders(root=name, **folders)
-
-
-def check_safetensors(folder: Path, component: str) -> list[Path]:
-    """Fail early, with the file named, on a missing, truncated or garbled safetensors file.
-
-    Reads only each file's header (a few KB), so a 14 GB DiT is checked in
-    milliseconds; diffusers' own message for a truncated file does not say
-    which file or what to do.
-    """
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise GlmImageInputError(f"{component} folder {str(folder)!r} has no .safetensors weights; "
-                                 "only safetensors are loaded (no pickle .bin files)")
-    for file in files:
-        _read_header(file, component)
-    return files
-
-
-def _read_header(file: Path, component: str) -> dict:
-    size = file.stat().st_size
-    broken = f"{component} weights {str(file)!r} are corrupted or incomplete"
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(8)
-            if len(raw) < 8:
-                raise GlmImageInputError(f"{broken} (the file is {size} bytes); download it again")
-            (header_len,) = struct.unpack("<Q", raw)
-            if header_len > size - 8 or header_len > 100_000_000:
-                raise GlmImageInputError(f"{broken} (bad header); download it again")
-            header = json.loads(handle.read(header_len))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GlmImageInputError(f"{broken} (unreadable header: {err}); download it again") from err
-    try:
-        end = max((int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"), default=0)
-    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
-        raise GlmImageInputError(f"{broken} (malformed header); download it again") from err
-    if 8 + header_len + end != size:
-        raise GlmImageInputError(f"{broken}: it should be {8 + header_len + end} bytes but is {size}; "
-                                 "download it again")
-    return header
-
-
-def checkpoint_dtype(folder: Path) -> torch.dtype | None:
-    """The float dtype most tensors of a component's safetensors use (configs do not say it for diffusers)."""
-    counts: Counter = Counter()
-    for file in sorted(folder.glob("*.safetensors"))[:1]:
-        for key, info in _read_header(file, folder.name).items():
-            if key != "__metadata__" and info.get("dtype") in _SAFETENSORS_DTYPES:
-                counts[info["dtype"]] += 1
-    return _SAFETENSORS_DTYPES[counts.most_common(1)[0][0]] if counts else None
 
 
 def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -290,9 +238,7 @@ def _prepare(module: torch.nn.Module, device: torch.device, fp8_dtype: torch.dty
 
 
 def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weight_dtype: str) -> DiTModel:
-    if resolve_weight_dtype(weight_dtype) is not None and comfy_ops() is None:
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
-                                 "ComfyUI only; choose weight_dtype default here")
+    weight_dtype_in(weight_dtype, comfy_ops() is not None)
     vae_config = _read_config(folders.vae, "vae")
     latent_stats_of(vae_config, str(folders.vae))  # not GLM-Image's VAE: say so before loading 13 GB
     scheduler_config = _read_config(folders.scheduler, "scheduler")
