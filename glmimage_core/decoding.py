@@ -40,9 +40,10 @@ import torch
 from . import runtime, vram_plan
 from .dit_forward import build_source_kv, pad_glyphs, velocity
 from .errors import GlmImageInputError
-from .images import resize_rgb, to_rgb
+from .images import source_pixels, split_batch
 from .memory import ensure_on_device
-from .payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, upsample_d32_to_d16
+from .payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, d16_ids
+from .shapes import PIXELS_PER_TOKEN
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
 MAX_GLYPH_BYTES = 2048
@@ -154,23 +155,8 @@ def source_image_list(source_images: torch.Tensor | Sequence[torch.Tensor] | Non
         source_images = [source_images]
     images: list[torch.Tensor] = []
     for index, item in enumerate(source_images):
-        if not isinstance(item, torch.Tensor) or item.dim() not in (3, 4):
-            shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-            raise GlmImageInputError(f"source image {index + 1} is {shape}; expected an IMAGE tensor "
-                                     "[batch, height, width, channels] or [height, width, channels]")
-        images.extend(item.unbind(0) if item.dim() == 4 else [item])
+        images += split_batch(item, f"source image {index + 1}")
     return images
-
-
-def resize_source_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[H,W,C] 0..1 -> [1,3,height,width] in -1..1, the VAE's input.
-
-    Uses the same RGB conversion and resize as the AR stage's source images
-    (`images.to_rgb` + `images.resize_rgb`), so both stages look at the same
-    picture; a picture already at the size is kept bit for bit.
-    """
-    pixels = resize_rgb(to_rgb(image), height, width)
-    return pixels.permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
 
 
 def encode_sources(vae_model: VAEModel, images: list[torch.Tensor], grids: list[torch.Tensor],
@@ -179,7 +165,7 @@ def encode_sources(vae_model: VAEModel, images: list[torch.Tensor], grids: list[
     ensure_on_device(vae_model, vae_model.vae, vae_model.device)
     latents = []
     for image, grid in zip(images, grids):
-        pixels = resize_source_image(image, 32 * grid.shape[0], 32 * grid.shape[1])
+        pixels = source_pixels(image, grid).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
         pixels = pixels.to(device=vae_model.device, dtype=vae_model.dtype)
         raw = vae_model.vae.encode(pixels).latent_dist.mode().to(dtype)
         latents.append(vae_model.latent_stats.normalise(raw))
@@ -219,7 +205,7 @@ def validate(bundle: DecoderBundle | DiTModel, prior: PriorTokens, prompt: str |
     grids = _check_grids(prior.grids, "prior tokens' grids", batch=True)
     _check_codebook(bundle, prior)
     _check_ids(grids, bundle.codebook_size, "prior tokens")
-    height, width = 32 * grids.shape[-2], 32 * grids.shape[-1]
+    height, width = PIXELS_PER_TOKEN * grids.shape[-2], PIXELS_PER_TOKEN * grids.shape[-1]
     check_size(bundle, height, width, "prior tokens")
 
     if prior.mode not in ("t2i", "i2i"):
@@ -241,7 +227,8 @@ def validate(bundle: DecoderBundle | DiTModel, prior: PriorTokens, prompt: str |
                 "source image(s); connect the same images (in the same order) that made the tokens")
         for index, (image, grid) in enumerate(zip(images, source_grids)):
             _check_ids(grid, bundle.codebook_size, f"source grid {index + 1}")
-            check_size(bundle, 32 * grid.shape[0], 32 * grid.shape[1], f"source grid {index + 1}")
+            check_size(bundle, PIXELS_PER_TOKEN * grid.shape[0], PIXELS_PER_TOKEN * grid.shape[1],
+                       f"source grid {index + 1}")
             _check_image(image, index)
     return DecodeInputs(prompt=prompt, grids=grids, height=height, width=width, steps=int(steps),
                         guidance=float(guidance), sources=images, source_grids=source_grids)
@@ -366,11 +353,11 @@ def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, gu
     transformer = dit.transformer
     kv = None
     if sources:
-        ids = [upsample_d32_to_d16(g).reshape(1, -1) for g in inputs.source_grids]
+        ids = [d16_ids(g) for g in inputs.source_grids]
         kv = build_source_kv(transformer, sources, ids, dit.vae_scale_factor)
     scheduler, timesteps = make_scheduler(bundle, inputs.steps, image_seq_len(dit, inputs.height, inputs.width),
                                           device)
-    prior_ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1).to(device)
+    prior_ids = d16_ids(inputs.grids).to(device)
     rotary = tuple(t.to(device) for t in transformer.rope(latents))  # same for every step: compute once
     keep, drop = torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)
     common = dict(pixel_scale=dit.vae_scale_factor, source_kv=kv, rotary=rotary)

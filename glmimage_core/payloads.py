@@ -26,15 +26,21 @@ import torch
 from . import vram_plan
 from .errors import GlmImageInputError
 from .images import SourceImage
-from .shapes import GridShape
+from .shapes import PIXELS_PER_TOKEN, GridShape
 
 __all__ = ["ARModel", "DecoderBundle", "DiTModel", "GeneratedTokens", "GlmImageInputs", "GlyphEncoder", "GridShape",
-           "LatentStats", "PriorTokens", "SourceImage", "VAEModel", "latent_stats_of", "upsample_d32_to_d16"]
+           "LatentStats", "PriorTokens", "SourceImage", "VAEModel", "d16_ids", "latent_stats_of",
+           "upsample_d32_to_d16"]
 
 
 def upsample_d32_to_d16(grid: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour 2x upsampling of [..., H, W] ids, as `GlmImagePipeline._upsample_token_ids`."""
     return grid.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+def d16_ids(grids: torch.Tensor) -> torch.Tensor:
+    """d32 grids [N, H, W] (or one [H, W]) -> the DiT's d16 prior ids, one row per grid: [N (or 1), 4*H*W]."""
+    return upsample_d32_to_d16(grids).reshape(grids.shape[0] if grids.dim() == 3 else 1, -1)
 
 
 @dataclass
@@ -73,15 +79,15 @@ class PriorTokens:
 
     @property
     def height(self) -> int:
-        return 32 * self.token_h
+        return PIXELS_PER_TOKEN * self.token_h
 
     @property
     def width(self) -> int:
-        return 32 * self.token_w
+        return PIXELS_PER_TOKEN * self.token_w
 
     def d16(self) -> torch.Tensor:
         """[N, 4*H*W] ids as `GlmImagePipeline(prior_token_ids=...)` expects them."""
-        return upsample_d32_to_d16(self.grids).reshape(self.batch_size, -1)
+        return d16_ids(self.grids)
 
     def source_d16(self) -> list[torch.Tensor]:
         """Flat d16 ids per source image, as diffusers' `prior_token_image_ids` holds them."""
