@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
+from .model_cache import ModelCache
 from .model_folders import resolve_model_path
 from .payloads import ARModel
 from .runtime import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
@@ -93,8 +93,7 @@ def _is_hub_id(name: str) -> bool:
     return "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1 and not os.path.exists(name)
 
 
-_CACHE: dict[str, tuple[tuple, ARModel]] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE: ModelCache[ARModel] = ModelCache()
 
 
 def quantization_config(choice: str, dtype: torch.dtype, device: torch.device):
@@ -153,22 +152,12 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     quant = quantization_config(quantization, torch_dtype, target)
     # Inside ComfyUI the model gets cast layers; a plain copy loaded before ComfyUI was there is not reused.
     key = (torch_dtype, str(target), attention, quantization, weight_dtype, comfy_ops() is not None)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        replaced = _CACHE.pop(path, None)  # drop the other copy before loading a new one
-    if replaced is not None:
-        forget(replaced[1])
-        del replaced
-    loaded = _load(path, layout, torch_dtype, target, attention, quantization, quant, weight_dtype)
-    with _CACHE_LOCK:
-        _CACHE[path] = (key, loaded)
-    return loaded
+    return _CACHE.get_or_load(path, key, lambda: _load(path, layout, torch_dtype, target, attention, quantization,
+                                                       quant, weight_dtype), release=forget)
 
 
 def cached_models() -> list[ARModel]:
-    return [entry[1] for entry in _CACHE.values()]
+    return _CACHE.values()
 
 
 def _hub_layout(repo_id: str) -> ARLayout:

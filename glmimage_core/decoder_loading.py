@@ -40,6 +40,7 @@ from .cast_layers import make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .memory import comfy_ops, forget
+from .model_cache import ModelCache
 from .model_folders import resolve_model_path
 from .payloads import DecoderBundle, DiTModel, GlyphEncoder, VAEModel, latent_stats_of
 from .runtime import free_memory_cache, offload_device, torch_device
@@ -101,9 +102,9 @@ def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-_CACHE: dict[str, tuple[tuple, DecoderBundle]] = {}
-_PARTS: dict[tuple[str, str], tuple[tuple, object]] = {}  # (kind, folder) -> (options, DiTModel | VAEModel | GlyphEncoder)
-_CACHE_LOCK = threading.RLock()
+_CACHE: ModelCache[DecoderBundle] = ModelCache()  # one bundle per root folder
+_PARTS: ModelCache = ModelCache()  # (kind, folder) -> DiTModel | VAEModel | GlyphEncoder
+_CACHE_LOCK = threading.RLock()  # one load at a time: a bundle and its parts
 
 
 def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtype: str = "auto",
@@ -133,19 +134,18 @@ def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtyp
     key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weight_dtype,
            comfy_ops() is not None)
     with _CACHE_LOCK:
-        cached = _CACHE.get(folders.root)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        _CACHE.pop(folders.root, None)
-        dit = _dit(folders, torch_dtype, target, weight_dtype)
-        vae_model = _vae(folders.vae, torch_dtype, target)
-        glyph = _glyph(folders, torch_dtype, target)
-        _check_compatible(folders, dit.transformer, vae_model.vae, glyph.text_encoder)
-        sched = _guarded("scheduler", folders.scheduler, lambda: _scheduler_class().from_pretrained(
-            folders.scheduler, local_files_only=True))
-        bundle = DecoderBundle(dit=dit, vae_model=vae_model, glyph=glyph, scheduler=sched, path=folders.root)
-        _CACHE[folders.root] = (key, bundle)
-        return bundle
+        return _CACHE.get_or_load(folders.root, key, lambda: _bundle(folders, torch_dtype, target, weight_dtype))
+
+
+def _bundle(folders: DecoderFolders, torch_dtype: torch.dtype, target: torch.device,
+            weight_dtype: str) -> DecoderBundle:
+    dit = _dit(folders, torch_dtype, target, weight_dtype)
+    vae_model = _vae(folders.vae, torch_dtype, target)
+    glyph = _glyph(folders, torch_dtype, target)
+    _check_compatible(folders, dit.transformer, vae_model.vae, glyph.text_encoder)
+    sched = _guarded("scheduler", folders.scheduler, lambda: _scheduler_class().from_pretrained(
+        folders.scheduler, local_files_only=True))
+    return DecoderBundle(dit=dit, vae_model=vae_model, glyph=glyph, scheduler=sched, path=folders.root)
 
 
 def load_dit(path: str | os.PathLike, dtype: str = "auto", device: str = "auto",
@@ -178,16 +178,13 @@ def load_glyph_encoder(path: str | os.PathLike, dtype: str = "auto", device: str
 
 
 def cached_decoders() -> list[DecoderBundle]:
-    with _CACHE_LOCK:
-        return [entry[1] for entry in _CACHE.values()]
+    return _CACHE.values()
 
 
 def clear_decoder_cache() -> None:
     with _CACHE_LOCK:
-        for _, part in list(_PARTS.values()):
-            forget(part)
+        _PARTS.clear(release=forget)
         _CACHE.clear()
-        _PARTS.clear()
     free_memory_cache()
 
 
@@ -196,18 +193,7 @@ def _part(kind: str, folder: Path, options: tuple, load):
 
     Whether ComfyUI is there is one of the options: inside it the part has cast layers."""
     options = (*options, comfy_ops() is not None)
-    key = (kind, str(folder))
-    cached = _PARTS.get(key)
-    if cached is not None and cached[0] == options:
-        return cached[1]
-    if cached is not None:  # drop the other copy before loading a new one
-        del _PARTS[key]
-        forget(cached[1])
-        del cached
-        free_memory_cache()
-    part = load()
-    _PARTS[key] = (options, part)
-    return part
+    return _PARTS.get_or_load((kind, str(folder)), options, load, release=forget, free=free_memory_cache)
 
 
 def _scheduler_class():
