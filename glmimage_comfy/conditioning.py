@@ -5,7 +5,7 @@ tokens' d16 prior ids, kept. Negative: GLM-Image's unguided branch, the empty
 text's glyph embeddings and the same ids, dropped. For image-to-image both
 carry the source images (raw VAE latents + their d16 ids); the positive rows
 read them through the DiT's keys/values, the negative rows do not. The checks
-are the decode node's own (glmimage_core.decoding.validate).
+are the decode node's own (glmimage_core.decode_inputs.validate).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..glmimage_core.decoding import encode_glyphs, validate
+from ..glmimage_core.decode_inputs import validate
+from ..glmimage_core.decoding import encode_glyphs
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids

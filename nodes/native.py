@@ -2,7 +2,7 @@
 
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
-from ..glmimage_core.decoding import MAX_STEPS
+from ..glmimage_core.decode_inputs import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
 from ..glmimage_core.runtime import DEVICE_CHOICES
