@@ -151,9 +151,9 @@ def gpu_options(device: torch.device) -> list[dict]:
     from glmimage_core.decoder_loading import prepare_dit
     from glmimage_core.demo_decoder import SCHEDULER_CONFIG
     from glmimage_core.dit_forward import velocity
-    from glmimage_core.generation import generate_tokens
-    from glmimage_core.memory import Residency, ensure_on_device, forget
-    from glmimage_core.prompting import prepare_inputs
+    from glmimage_core.ar_generate import generate_tokens
+    from glmimage_core.comfy_memory import Residency, ensure_on_device, forget
+    from glmimage_core.ar_prompt import prepare_inputs
     from glmimage_core.shapes import GridShape
 
     rows = []

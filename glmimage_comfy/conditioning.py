@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..glmimage_core.decode_inputs import validate
-from ..glmimage_core.decoding import encode_glyphs
+from ..glmimage_core.dit_sampling import encode_glyphs
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids

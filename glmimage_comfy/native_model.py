@@ -38,10 +38,10 @@ import comfy.utils
 
 from ..glmimage_core import vram_plan
 from ..glmimage_core.payloads import DiTModel, LatentStats
-from ..glmimage_core.decoding import calculate_shift, image_seq_len, shift_for
+from ..glmimage_core.dit_sampling import calculate_shift, image_seq_len, shift_for
 from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import adopt, limit_resident, patcher_of
+from ..glmimage_core.comfy_memory import adopt, limit_resident, patcher_of
 
 log = logging.getLogger("GLM-Image")
 

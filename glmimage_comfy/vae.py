@@ -23,7 +23,7 @@ import comfy.sd
 
 from ..glmimage_core import vram_plan
 from ..glmimage_core.payloads import VAEModel
-from ..glmimage_core.memory import adopt, ensure_on_device
+from ..glmimage_core.comfy_memory import adopt, ensure_on_device
 
 log = logging.getLogger("GLM-Image")
 

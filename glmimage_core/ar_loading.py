@@ -20,7 +20,7 @@ from . import vram_plan
 from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
-from .memory import comfy_ops, forget
+from .comfy_memory import comfy_ops, forget
 from .model_cache import ModelCache
 from .model_folders import resolve_model_path
 from .payloads import ARModel

@@ -39,7 +39,7 @@ from . import vram_plan
 from .cast_layers import make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
-from .memory import comfy_ops, forget
+from .comfy_memory import comfy_ops, forget
 from .model_cache import ModelCache
 from .model_folders import resolve_model_path
 from .payloads import DecoderBundle, DiTModel, GlyphEncoder, VAEModel, latent_stats_of

@@ -1,4 +1,4 @@
-from ..glmimage_comfy.sampling import decode_vram, decode_with_comfy, describe_decoder
+from ..glmimage_comfy.decode_node import decode_vram, decode_with_comfy, describe_decoder
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.decode_inputs import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES

@@ -126,9 +126,9 @@ def test_ksampler_matches_diffusers_i2i_batch_2(pk, bundle, pipe, native):
 def test_decode_node_path_equals_ksampler_and_the_core_loop(pk, bundle, native):
     model, vae = native
     prior = t2i_prior(pk, seed=5)
-    node = pk("glmimage_comfy.sampling").decode_with_comfy(bundle, prior, None, 50, 1.5, 3)
+    node = pk("glmimage_comfy.decode_node").decode_with_comfy(bundle, prior, None, 50, 1.5, 3)
     assert torch.equal(node, ksampler(pk, model, vae, bundle.glyph, prior, 50, 1.5, seed=3))
-    core = pk("glmimage_core.decoding").decode_prior(bundle, prior, steps=50, guidance=1.5, seed=3)
+    core = pk("glmimage_core.dit_sampling").decode_prior(bundle, prior, steps=50, guidance=1.5, seed=3)
     assert (node - core).abs().max() < TOL
 
 
@@ -136,14 +136,14 @@ def test_glm_schedule_is_ksamplers_simple_at_50_steps_and_diffusers_at_any(pk, n
     import comfy.samplers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    sampling_mod = pk("glmimage_comfy.sampling")
+    sampling_mod = pk("glmimage_comfy.decode_node")
     model = pk("glmimage_comfy.native_model").with_shift_for(native[0], 1024, 1024)
     sampling = model.get_model_object("model_sampling")
     assert abs(float(sampling.shift) - 3.25) < 1e-6  # mu at 1024x1024: sqrt(4096 / 256) * 0.75 + 0.25
     simple = comfy.samplers.calculate_sigmas(sampling, "simple", 50)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 50), simple.float(), atol=1e-6, rtol=0)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
-    timesteps = pk("glmimage_core.decoding").glm_timesteps(30)
+    timesteps = pk("glmimage_core.dit_sampling").glm_timesteps(30)
     scheduler.set_timesteps(timesteps=timesteps, sigmas=timesteps / 1000, mu=3.25)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 30), scheduler.sigmas.float(), atol=1e-6, rtol=0)
     # the DiT sees the unshifted timestep minus one, whatever sigma ComfyUI hands over
@@ -196,7 +196,7 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
 
 
 def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
-    sampling = pk("glmimage_comfy.sampling")
+    sampling = pk("glmimage_comfy.decode_node")
     model, _ = native
     prior = i2i_prior(pk, batch=1)
     source = [picture(64, 96)]
@@ -216,7 +216,7 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     _, vae = native
     g = torch.Generator().manual_seed(4)
     latents = torch.randn(1, 4, 24, 20, generator=g)  # model space, 192x160 px
-    core = pk("glmimage_core.decoding").decode_latents(bundle.vae_model, latents, tiled=False)
+    core = pk("glmimage_core.dit_sampling").decode_latents(bundle.vae_model, latents, tiled=False)
     raw = bundle.dit.latent_stats.denormalise(latents)
     assert torch.equal(vae.decode(raw), core)
     # ComfyUI's tiler (what 'VAE Decode (Tiled)' runs) over our VAE: a picture within one tile is the untiled
@@ -286,7 +286,7 @@ def test_batched_guidance_gives_the_sequential_pixels(pk, bundle, mode):
     """Both branches in one forward vs one forward each, fp32 on the CPU: the same pixels up to the float
     rounding of batched matrix products (stated tolerance 1e-5; bitwise equality cannot hold for a GEMM
     whose batch size changes)."""
-    decoding = pk("glmimage_core.decoding")
+    decoding = pk("glmimage_core.dit_sampling")
     prior = t2i_prior(pk) if mode == "t2i" else i2i_prior(pk)
     sources = [picture(64, 96)] if mode == "i2i" else None
     batched = decoding.decode_prior(bundle, prior, steps=6, guidance=1.5, seed=2, source_images=sources,

@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 
-from glmimage_core import memory, real_size, vram_plan
+from glmimage_core import comfy_memory, real_size, vram_plan
 from glmimage_core.ar_loading import load_ar_model
 from glmimage_core.cast_layers import HostEmbedding, make_castable, resolve_weight_dtype
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.generation import generate_tokens
-from glmimage_core.prompting import prepare_inputs
+from glmimage_core.ar_generate import generate_tokens
+from glmimage_core.ar_prompt import prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_make_castable_gives_the_layers_of_the_operations_class_it_is_given(comf
 def test_partial_load_gives_exactly_the_tokens_of_a_full_load(comfy_ar):
     inputs = prepare_inputs(comfy_ar.processor, "a red fox <sop>4 5<eop>")
     full = generate_tokens(comfy_ar, inputs, seed=11)
-    patcher = memory.patcher_of(comfy_ar)
+    patcher = comfy_memory.patcher_of(comfy_ar)
     assert patcher.loaded_size() == patcher.model_size() and _streamed(comfy_ar.model) == 0
     budget = patcher.model_size() // 4
     partial = generate_tokens(comfy_ar, inputs, seed=11, vram_limit=budget)
@@ -100,7 +100,7 @@ def test_comfyui_accounting_matches_the_reported_bytes(comfy_pack, tiny_ar_dir):
     for weight_dtype in ("default", "fp8_e4m3fn"):
         ar = load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", weight_dtype=weight_dtype)
         generate_tokens(ar, prepare_inputs(ar.processor, "x <sop>2 2<eop>"), seed=0)
-        patcher = memory.patcher_of(ar)
+        patcher = comfy_memory.patcher_of(ar)
         reported = vram_plan.resident_bytes(ar.inventory, vram_plan.WeightOption(weight_dtype))
         assert patcher.model_size() == reported == patcher.loaded_size(), weight_dtype
     assert ar.model.lm_head.weight.dtype == torch.float32  # the output head keeps its dtype
@@ -205,7 +205,7 @@ def test_plan_message_names_the_options_that_fit():
 
 
 def test_ar_working_memory_grows_with_the_picture(comfy_ar):
-    from glmimage_core.placement import ar_working_bytes
+    from glmimage_core.ar_residency import ar_working_bytes
 
     small = prepare_inputs(comfy_ar.processor, "x <sop>8 8<eop>")
     big = prepare_inputs(comfy_ar.processor, "x <sop>32 32<eop>")

@@ -40,7 +40,7 @@ from .decode_inputs import DecodeInputs, validate
 from .dit_forward import build_source_kv, pad_glyphs, velocity
 from .errors import GlmImageInputError
 from .images import source_pixels
-from .memory import ensure_on_device
+from .comfy_memory import ensure_on_device
 from .payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, d16_ids
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).

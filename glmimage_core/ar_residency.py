@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from . import vram_plan
-from .memory import Residency, ensure_on_device, is_streaming, release
+from .comfy_memory import Residency, ensure_on_device, is_streaming, release
 from .payloads import ARModel, GlmImageInputs
 
 STREAMING_HINT = "turn on allow_streaming in 'GLM-Image generate tokens' (it works, but every token then copies " \

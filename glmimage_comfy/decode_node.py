@@ -17,9 +17,9 @@ import comfy.samplers
 import latent_preview
 
 from ..glmimage_core import vram_plan
-from ..glmimage_core.decoding import glm_timesteps
+from ..glmimage_core.dit_sampling import glm_timesteps
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import patcher_of
+from ..glmimage_core.comfy_memory import patcher_of
 from ..glmimage_core.payloads import DecoderBundle, DiTModel, PriorTokens
 from .conditioning import build_conditioning
 from .native_model import native_model

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .batch_sampling import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
+from .ar_seeded_batch import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
 from .errors import GlmImageInputError
 from . import vram_plan
-from .placement import ar_needs, ar_on_device, ar_residency
-from .static_decode import DecodeTimes, graph_friendly_decode
+from .ar_residency import ar_needs, ar_on_device, ar_residency
+from .ar_compiled_step import DecodeTimes, graph_friendly_decode
 from .payloads import ARModel, GeneratedTokens, GlmImageInputs
 from .runtime import Progress, check_interrupted, preview_size, progress_bar
 from .token_preview import LiveGridPreview, model_palette
