@@ -35,9 +35,9 @@ from common import REPO, raw_generate  # noqa: E402  (puts the repo on sys.path)
 
 from glmimage_core.ar_loading import load_ar_model  # noqa: E402
 from glmimage_core.demo_models import build_tiny_ar_model  # noqa: E402
-from glmimage_core.extraction import extract_prior  # noqa: E402
-from glmimage_core.generation import generate_tokens  # noqa: E402
-from glmimage_core.prompting import prepare_inputs  # noqa: E402
+from glmimage_core.token_grids import extract_prior  # noqa: E402
+from glmimage_core.ar_generate import generate_tokens  # noqa: E402
+from glmimage_core.ar_prompt import prepare_inputs  # noqa: E402
 from glmimage_core.shapes import GridShape  # noqa: E402
 
 PROMPT = "A red fox in the snow"

@@ -1,4 +1,4 @@
-"""Decode speed: `glmimage_core.decoding.decode_prior` vs diffusers' `GlmImagePipeline`, side by side.
+"""Decode speed: `glmimage_core.dit_sampling.decode_prior` vs diffusers' `GlmImagePipeline`, side by side.
 
 Both run on the same tiny random components (one hub-layout folder, loaded
 once by each), the same tokens and the same seed; repeats alternate which one
@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from glmimage_core.decoder_loading import load_decoder  # noqa: E402
-from glmimage_core.decoding import decode_prior  # noqa: E402
+from glmimage_core.dit_sampling import decode_prior  # noqa: E402
 from glmimage_core.demo_decoder import build_tiny_full_hub_layout  # noqa: E402
 from glmimage_core.demo_models import TINY_CODEBOOK  # noqa: E402
-from glmimage_core.prior import PriorTokens  # noqa: E402
+from glmimage_core.payloads import PriorTokens  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -122,8 +122,8 @@ def layer_cost(tiny: bool) -> dict:
         dit = real_size.build_dit(layers=2)
     # Both sides are copies, so that neither has the weights' first allocation to itself.
     ar, dit, cast_ar, cast_dit = copy.deepcopy(ar), copy.deepcopy(dit), copy.deepcopy(ar), copy.deepcopy(dit)
-    make_castable(cast_ar, comfy.ops)
-    make_castable(cast_dit, comfy.ops)
+    make_castable(cast_ar, comfy.ops.disable_weight_init)
+    make_castable(cast_dit, comfy.ops.disable_weight_init)
     ids = torch.randint(real_size.IMAGE_END + 1, real_size.IMAGE_END + 512, (1, 1))
     g = torch.Generator().manual_seed(0)
     kwargs = dict(hidden_states=torch.randn(1, 16, 32, 32, generator=g).bfloat16(),
@@ -151,9 +151,9 @@ def gpu_options(device: torch.device) -> list[dict]:
     from glmimage_core.decoder_loading import prepare_dit
     from glmimage_core.demo_decoder import LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG
     from glmimage_core.dit_forward import velocity
-    from glmimage_core.generation import generate_tokens
-    from glmimage_core.memory import Residency, ensure_on_device, forget
-    from glmimage_core.prompting import prepare_inputs
+    from glmimage_core.ar_generate import generate_tokens
+    from glmimage_core.comfy_memory import Residency, ensure_on_device, forget
+    from glmimage_core.ar_prompt import prepare_inputs
     from glmimage_core.shapes import GridShape
 
     rows = []

@@ -5,7 +5,7 @@ tokens' d16 prior ids, kept. Negative: GLM-Image's unguided branch, the empty
 text's glyph embeddings and the same ids, dropped. For image-to-image both
 carry the source images (raw VAE latents + their d16 ids); the positive rows
 read them through the DiT's keys/values, the negative rows do not. The checks
-are the decode node's own (glmimage_core.decoding.validate).
+are the decode node's own (glmimage_core.decode_inputs.validate).
 
 The MODEL output gets GLM-Image's shift for the tokens' size, unless a stock
 flow model-sampling node (ModelSamplingSD3 / AuraFlow / Flux) was placed before
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..glmimage_core.decoder_loading import DiTModel, GlyphEncoder
-from ..glmimage_core.decoding import encode_glyphs, image_seq_len, shift_for, validate
+from ..glmimage_core.decode_inputs import validate
+from ..glmimage_core.dit_sampling import encode_glyphs, image_seq_len, shift_for
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.images import resize_rgb, to_rgb
-from ..glmimage_core.prior import PriorTokens, upsample_d32_to_d16
+from ..glmimage_core.images import source_pixels
+from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids
 from .native_model import (GlmImageModel, GlmImageModelSampling, SourceImages, linear_shift_of,
                            require_flow_sampling, sampling_node_name, with_shift_for)
 
@@ -58,7 +58,7 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
         positive = encode_glyphs(glyph, inputs.prompt, glyph.device, torch.float32).cpu()
         negative = encode_glyphs(glyph, "", glyph.device, torch.float32).cpu()
     batch = inputs.grids.shape[0]
-    ids = upsample_d32_to_d16(inputs.grids).reshape(batch, -1)
+    ids = d16_ids(inputs.grids)
     keep = torch.zeros(batch, 1, dtype=torch.long)
     common = {"glm_prior_ids": ids, "glm_size": (inputs.height, inputs.width)}  # size: for latent checks
     if inputs.source_grids:
@@ -67,7 +67,7 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
                                      "'Load GLM-Image VAE' to the conditioning node's vae input")
         sources = SourceImages(latents=[_encode(vae, image, grid) for image, grid in
                                         zip(inputs.sources, inputs.source_grids)],
-                               ids=[upsample_d32_to_d16(g).reshape(1, -1) for g in inputs.source_grids])
+                               ids=[d16_ids(g) for g in inputs.source_grids])
         common["glm_sources"] = sources
     pos = [[positive, {**common, "glm_prior_drop": keep, "glm_read_sources": 1 - keep}]]
     neg = [[negative, {**common, "glm_prior_drop": 1 - keep, "glm_read_sources": keep}]]
@@ -94,7 +94,7 @@ def _scheduled(model_patcher, dit: DiTModel, height: int, width: int):
 
 def _encode(vae, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """One source image at 32 px per source token, through the ComfyUI VAE: raw latents [1, C, h, w] on the CPU."""
-    # The same conversion and resize as the decode steps' (decoding.resize_source_image), in ComfyUI's
-    # IMAGE layout: the VAE maps 0..1 to -1..1 itself.
-    pixels = resize_rgb(to_rgb(image), 32 * grid.shape[0], 32 * grid.shape[1]).unsqueeze(0)
+    # The decode steps' source pixels (images.source_pixels), in ComfyUI's IMAGE layout: the VAE maps 0..1
+    # to -1..1 itself.
+    pixels = source_pixels(image, grid).unsqueeze(0)
     return vae.encode(pixels).float().cpu()

@@ -41,11 +41,11 @@ import comfy.supported_models_base
 import comfy.utils
 
 from ..glmimage_core import decoder_loading, vram_plan
-from ..glmimage_core.decoder_loading import DiTModel, LatentStats
-from ..glmimage_core.decoding import calculate_shift, image_seq_len, shift_for
+from ..glmimage_core.comfy_memory import adopt, limit_resident, new_patcher, patcher_of
 from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
+from ..glmimage_core.dit_sampling import calculate_shift, image_seq_len, shift_for
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import adopt, limit_resident, new_patcher, patcher_of
+from ..glmimage_core.payloads import DiTModel, LatentStats
 
 log = logging.getLogger("GLM-Image")
 

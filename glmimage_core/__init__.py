@@ -6,7 +6,6 @@ services (devices, progress, cancel).
 """
 
 from .errors import GlmImageInputError
-from .prior import PriorTokens
-from .shapes import GridShape
+from .payloads import GridShape, PriorTokens
 
 __all__ = ["GlmImageInputError", "GridShape", "PriorTokens"]

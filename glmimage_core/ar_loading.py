@@ -11,67 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import vram_plan
-from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype
+from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
-from .memory import comfy_ops, forget
+from .comfy_memory import comfy_ops, forget
+from .model_cache import ModelCache
 from .model_folders import resolve_model_path
+from .payloads import ARModel
 from .runtime import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
 
 DEVICE_CHOICES = list(_DEVICES)
 ATTENTION_CHOICES = ["sdpa", "eager"]
 QUANTIZATION_CHOICES = ["none", "int8", "nf4"]
-
-
-@dataclass(eq=False)
-class ARModel:
-    """What a `GLMIMAGE_AR` socket carries: the model, its processor and how they were loaded.
-
-    `lock` serialises generation: the model keeps decode positions
-    (`rope_deltas`) on its instance, so two concurrent `generate` calls on one
-    instance would corrupt each other.
-    """
-
-    model: torch.nn.Module
-    processor: object
-    path: str
-    dtype: torch.dtype
-    device: torch.device
-    attention: str
-    quantization: str = "none"
-    weight_dtype: str = "default"
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Submodules that must sit on the device even when ComfyUI streams the rest (read without a forward).
-    pinned: list[str] = field(default_factory=list)
-    #: Parameter counts by kind, for the VRAM plan (vram_plan.Inventory).
-    inventory: vram_plan.Inventory | None = None
-    #: Whether the text embedding table stays in RAM (inside ComfyUI: cast_layers.HostEmbedding).
-    embeddings_on_host: bool = False
-    #: (batch, total length) shapes speed=compiled has compiled for (transformers keeps the compiled step).
-    compiled_shapes: set = field(default_factory=set, repr=False)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.config.vq_config.num_embeddings)
-
-    @property
-    def image_start_id(self) -> int:
-        return int(self.config.image_start_token_id)
-
-    @property
-    def image_end_id(self) -> int:
-        return int(self.config.image_end_token_id)
 
 
 @dataclass(frozen=True)
@@ -136,8 +93,7 @@ def _is_hub_id(name: str) -> bool:
     return "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1 and not os.path.exists(name)
 
 
-_CACHE: dict[str, tuple[tuple, ARModel]] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE: ModelCache[ARModel] = ModelCache()
 
 
 def quantization_config(choice: str, dtype: torch.dtype, device: torch.device):
@@ -184,9 +140,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     if fp8_dtype is not None and quantization != "none":
         raise GlmImageInputError(f"weight_dtype {weight_dtype} and quantization {quantization} both shrink the "
                                  "weights: choose one (quantization none, or weight_dtype default)")
-    if fp8_dtype is not None and comfy_ops() is None:
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
-                                 "ComfyUI only; choose weight_dtype default here")
+    weight_dtype_in(weight_dtype, comfy_ops() is not None)
     path = resolve_model_path(model)
     target = torch_device(device)
     if _is_hub_id(path) and not Path(path).exists():
@@ -198,22 +152,12 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     quant = quantization_config(quantization, torch_dtype, target)
     # Inside ComfyUI the model gets cast layers; a plain copy loaded before ComfyUI was there is not reused.
     key = (torch_dtype, str(target), attention, quantization, weight_dtype, comfy_ops() is not None)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        replaced = _CACHE.pop(path, None)  # drop the other copy before loading a new one
-    if replaced is not None:
-        forget(replaced[1])
-        del replaced
-    loaded = _load(path, layout, torch_dtype, target, attention, quantization, quant, weight_dtype)
-    with _CACHE_LOCK:
-        _CACHE[path] = (key, loaded)
-    return loaded
+    return _CACHE.get_or_load(path, key, lambda: _load(path, layout, torch_dtype, target, attention, quantization,
+                                                       quant, weight_dtype), release=forget)
 
 
 def cached_models() -> list[ARModel]:
-    return [entry[1] for entry in _CACHE.values()]
+    return _CACHE.values()
 
 
 def _hub_layout(repo_id: str) -> ARLayout:
@@ -264,8 +208,9 @@ def prepare_ar_model(model: torch.nn.Module, processor, path: str, dtype: torch.
     if ops is not None:
         keep_embeddings_on_host(model, list(vram_plan.AR_HOST_EMBEDDINGS))
         if quantization == "none":  # bitsandbytes layers are neither castable nor movable
-            make_castable(model, ops, resolve_weight_dtype(weight_dtype),
-                          keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP))
+            make_castable(model, ops.disable_weight_init, resolve_weight_dtype(weight_dtype),
+                          keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP),
+                          fp8_operations=ops.manual_cast)
             pinned = _pinned_modules(model)
     if quantization == "none":  # quantized weights are placed by from_pretrained and cannot move
         # Inside ComfyUI its model manager moves the model to the GPU when a run needs it.

@@ -9,10 +9,12 @@ swapping `__class__` (its parameters, its name in the state dict and every
 other module's forward stay exactly as they were), the same move ComfyUI makes
 for its own models when it builds them with `operations=comfy.ops...`.
 
-- Linear, Conv2d, LayerNorm, GroupNorm, Embedding -> `ops.disable_weight_init.*`
-  (plain torch maths while resident; cast per forward only when ComfyUI streams
-  them), or `ops.manual_cast.Linear` for Linear weights stored in fp8 (cast to the
-  compute dtype on every forward, as ComfyUI's own `weight_dtype` option does).
+- Linear, Conv2d, LayerNorm, GroupNorm, Embedding -> the classes of an operations
+  class: ComfyUI's `comfy.ops.disable_weight_init` here (plain torch maths while
+  resident; cast per forward only when ComfyUI streams them), or any other family
+  built on `comfy.ops` (`manual_cast`, ComfyUI-GGUF's `GGMLOps`, ...); Linear
+  weights stored in fp8 get the Linear of `fp8_operations` (`comfy.ops.manual_cast`:
+  cast to the compute dtype on every forward, as ComfyUI's own `weight_dtype` option does).
 - GLM-Image's RMSNorm and T5's LayerNorm (same formula) -> a castable subclass
   that casts the weight through ComfyUI and then runs the upstream formula (fp32
   variance) unchanged.
@@ -20,12 +22,13 @@ for its own models when it builds them with `operations=comfy.ops...`.
   replaced by `HostEmbedding`, which keeps the table in host RAM and sends only
   the rows a step needs: it never occupies VRAM and ComfyUI never streams it.
 
-Nothing here imports ComfyUI: the caller passes the `comfy.ops` module in.
+Nothing here imports ComfyUI: the caller passes the operations classes in.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -51,6 +54,16 @@ def resolve_weight_dtype(choice: str) -> torch.dtype | None:
         raise GlmImageInputError(f"weight_dtype {choice} needs a PyTorch with float8 types (2.1 or newer); this "
                                  f"PyTorch {torch.__version__} has none: choose weight_dtype default")
     return dtype
+
+
+def weight_dtype_in(weight_dtype: str, in_comfy: bool) -> torch.dtype | None:
+    """`weight_dtype` parsed (`resolve_weight_dtype`), and refused outside ComfyUI when it stores fp8 weights:
+    those need ComfyUI's cast layers (the AR loader and the DiT loader share this check)."""
+    fp8_dtype = resolve_weight_dtype(weight_dtype)
+    if fp8_dtype is not None and not in_comfy:
+        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
+                                 "ComfyUI only; choose weight_dtype default here")
+    return fp8_dtype
 
 
 @dataclass
@@ -96,9 +109,18 @@ def _t5_normalise(self, hidden_states: torch.Tensor, weight: torch.Tensor) -> to
     return weight * hidden_states
 
 
+def _cast_mixin(operations) -> type:
+    """ComfyUI's `CastWeightBiasOp` under `operations`' Linear: the deepest base that declares `comfy_cast_weights`."""
+    return [c for c in operations.Linear.__mro__ if "comfy_cast_weights" in vars(c)][-1]
+
+
 @functools.lru_cache(maxsize=None)
-def _norm_classes(ops) -> dict[type, type]:
-    """Castable subclasses of the upstream RMS norms, built once per `comfy.ops` module."""
+def _norm_classes(operations) -> dict[type, type]:
+    """Castable subclasses of the upstream RMS norms, built once per operations class.
+
+    They cast through the `comfy.ops` module that defines the operations' cast mixin."""
+    mixin = _cast_mixin(operations)
+    ops = sys.modules[mixin.__module__]
     classes: dict[type, type] = {}
     upstream = []
     try:
@@ -109,30 +131,32 @@ def _norm_classes(ops) -> dict[type, type]:
     from transformers.models.t5.modeling_t5 import T5LayerNorm
     upstream.append((T5LayerNorm, _t5_normalise))
     for base, normalise in upstream:
-        classes[base] = type(f"Castable{base.__name__}", (base, ops.CastWeightBiasOp),
+        classes[base] = type(f"Castable{base.__name__}", (base, mixin),
                              {"forward": _rms_norm_forward(ops), "_normalise": normalise,
                               "__module__": __name__})
     return classes
 
 
-def _plain_classes(ops) -> dict[type, type]:
-    layers = ops.disable_weight_init
+def _plain_classes(layers) -> dict[type, type]:
     return {torch.nn.Linear: layers.Linear, torch.nn.Conv2d: layers.Conv2d, torch.nn.LayerNorm: layers.LayerNorm,
             torch.nn.GroupNorm: layers.GroupNorm, torch.nn.Embedding: layers.Embedding}
 
 
-def make_castable(model: torch.nn.Module, ops, fp8_dtype: torch.dtype | None = None,
-                  keep_dtype: Callable[[str], bool] = lambda name: False) -> CastSummary:
+def make_castable(model: torch.nn.Module, operations, fp8_dtype: torch.dtype | None = None,
+                  keep_dtype: Callable[[str], bool] = lambda name: False, fp8_operations=None) -> CastSummary:
     """Give `model`'s weight-holding leaves ComfyUI's layer classes, in place; optionally fp8 Linear weights.
 
-    `ops` is ComfyUI's `comfy.ops` module. With `fp8_dtype`, every `nn.Linear`
-    whose qualified name `keep_dtype` does not claim gets its weight stored in that
-    dtype (biases stay) and `manual_cast` behaviour. Only exact upstream classes
+    `operations` is a ComfyUI operations class (`comfy.ops.disable_weight_init`, or
+    another family built on `comfy.ops`): the leaves get its Linear, Conv2d, LayerNorm,
+    GroupNorm and Embedding. With `fp8_dtype`, every `nn.Linear` whose qualified
+    name `keep_dtype` does not claim gets its weight stored in that dtype (biases
+    stay) and the Linear of `fp8_operations` (`comfy.ops.manual_cast`; default:
+    `operations`). Only exact upstream classes
     are swapped (a subclass may have its own forward); other leaves with weights
     are listed in `not_castable` so the caller can keep them resident.
     """
     summary = CastSummary()
-    mapping = {**_plain_classes(ops), **_norm_classes(ops)}
+    mapping = {**_plain_classes(operations), **_norm_classes(operations)}
     castable = tuple(set(mapping.values()))
     for name, module in model.named_modules():
         if isinstance(module, castable) or isinstance(module, HostEmbedding):
@@ -143,11 +167,11 @@ def make_castable(model: torch.nn.Module, ops, fp8_dtype: torch.dtype | None = N
         if target is None:
             summary.not_castable.append(name)
             continue
-        if fp8_dtype is not None and target is ops.disable_weight_init.Linear and not keep_dtype(name):
+        if fp8_dtype is not None and target is operations.Linear and not keep_dtype(name):
             weight = module.weight.data
             info = torch.finfo(fp8_dtype)
             module.weight = torch.nn.Parameter(weight.clamp(info.min, info.max).to(fp8_dtype), requires_grad=False)
-            target = ops.manual_cast.Linear
+            target = (fp8_operations or operations).Linear
             summary.fp8_layers += 1
             summary.fp8_bytes += module.weight.numel() * module.weight.element_size()
         module.__class__ = target

@@ -71,9 +71,9 @@ class _PrintProgress:
 def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShape | None, images: list,
             seed: int, dtype: str, device: str, decoder_path: str | None, steps: int, guidance: float) -> dict:
     from .ar_loading import load_ar_model
-    from .extraction import extract_prior
-    from .generation import generate_tokens
-    from .prompting import prepare_inputs
+    from .token_grids import extract_prior
+    from .ar_generate import generate_tokens
+    from .ar_prompt import prepare_inputs
     from .token_files import save_prior
     from .token_preview import render_grid
 
@@ -94,7 +94,7 @@ def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShap
           f"({tokens.sequences.shape[1] / max(elapsed, 1e-9):.1f} tokens/s)")
     if decoder_path:
         from .decoder_loading import load_decoder
-        from .decoding import decode_prior
+        from .dit_sampling import decode_prior
 
         decoder = load_decoder(decoder_path, dtype=dtype, device=device)
         sources = [s.pixels for s in inputs.sources]

@@ -28,177 +28,26 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import threading
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from . import vram_plan
-from .cast_layers import make_castable, resolve_weight_dtype
+from .cast_layers import make_castable, resolve_weight_dtype, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
-from .memory import comfy_ops, forget
+from .comfy_memory import comfy_ops, forget
+from .model_cache import ModelCache
 from .model_folders import resolve_model_path
+from .payloads import DecoderBundle, DiTModel, GlyphEncoder, LatentStats, VAEModel, latent_stats_of
 from .runtime import free_memory_cache, offload_device, torch_device
+from .weight_files import check_safetensors, checkpoint_dtype
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 _WEIGHTED = ("transformer", "vae", "text_encoder")
-
-
-@dataclass(frozen=True)
-class LatentStats:
-    """GLM-Image's per-channel latent normalisation (the VAE config's latents_mean / latents_std).
-
-    The DiT works on normalised latents; the VAE reads and writes raw ones."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
-    def tensors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, self.channels, 1, 1)
-        return (torch.tensor(self.mean).view(shape).to(device, dtype), torch.tensor(self.std).view(shape).to(device, dtype))
-
-    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        mean, std = self.tensors(raw.device, raw.dtype)
-        return (raw - mean) / std
-
-    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
-        mean, std = self.tensors(latents.device, latents.dtype)
-        return latents * std + mean
-
-
-@dataclass(eq=False)
-class DiTModel:
-    """GLM-Image's DiT (diffusers `GlmImageTransformer2DModel`) and what sampling it needs.
-
-    `lock` serialises use: the source-image KV cache and the module placement are per-run state."""
-
-    transformer: torch.nn.Module
-    path: str
-    dtype: torch.dtype  # compute dtype
-    device: torch.device
-    scheduler_config: dict  # FlowMatchEulerDiscreteScheduler settings (shift parameters)
-    latent_stats: LatentStats
-    vae_scale_factor: int
-    weight_dtype: str = "default"
-    inventory: vram_plan.Inventory | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.transformer.config.prior_vq_quantizer_codebook_size)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.transformer.config.patch_size)
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels)
-
-
-@dataclass(eq=False)
-class VAEModel:
-    """GLM-Image's VAE (diffusers `AutoencoderKL`, 16 latent channels, 8x per side)."""
-
-    vae: torch.nn.Module
-    path: str
-    dtype: torch.dtype
-    device: torch.device
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_stats(self) -> LatentStats:
-        return latent_stats_of(self.vae.config, self.path)
-
-
-@dataclass(eq=False)
-class GlyphEncoder:
-    """The ByT5 (T5 encoder) that turns the prompt's quoted text into glyph embeddings for the DiT."""
-
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    path: str
-    dtype: torch.dtype
-    device: torch.device
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.text_encoder.config.d_model)
-
-
-@dataclass(eq=False)
-class DecoderBundle:
-    """What a `GLMIMAGE_DECODER` socket carries: DiT, VAE, glyph encoder and the scheduler, loaded together.
-
-    `lock` serialises decoding with this bundle (the parts have their own locks
-    for the native nodes, which use them one at a time)."""
-
-    dit: DiTModel
-    vae_model: VAEModel
-    glyph: GlyphEncoder
-    scheduler: object  # diffusers FlowMatchEulerDiscreteScheduler (a template: decoding copies it)
-    path: str
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Most bytes of the DiT kept on the GPU while decoding (the rest streams); None = ComfyUI decides.
-    #: A placement choice, not part of the weights: each loader node hands out its own copy of the cached
-    #: bundle (`dataclasses.replace`: same parts, same lock) with its own limit.
-    vram_limit: int | None = None
-
-    # The parts as plain modules (what the decode steps and the tests read).
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.dit.transformer
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self.vae_model.vae
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.glyph.text_encoder
-
-    @property
-    def tokenizer(self):
-        return self.glyph.tokenizer
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.dtype
-
-    @property
-    def vae_dtype(self) -> torch.dtype:
-        return self.vae_model.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.dit.device
-
-    @property
-    def codebook_size(self) -> int:
-        return self.dit.codebook_size
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return self.vae_model.scale_factor
-
-    @property
-    def patch_size(self) -> int:
-        return self.dit.patch_size
 
 
 @dataclass(frozen=True)
@@ -249,63 +98,13 @@ def find_folders(path: str | os.PathLike | None, overrides: Mapping[str, str | o
     return DecoderFolders(root=name, **folders)
 
 
-def check_safetensors(folder: Path, component: str) -> list[Path]:
-    """Fail early, with the file named, on a missing, truncated or garbled safetensors file.
-
-    Reads only each file's header (a few KB), so a 14 GB DiT is checked in
-    milliseconds; diffusers' own message for a truncated file does not say
-    which file or what to do.
-    """
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise GlmImageInputError(f"{component} folder {str(folder)!r} has no .safetensors weights; "
-                                 "only safetensors are loaded (no pickle .bin files)")
-    for file in files:
-        _read_header(file, component)
-    return files
-
-
-def _read_header(file: Path, component: str) -> dict:
-    size = file.stat().st_size
-    broken = f"{component} weights {str(file)!r} are corrupted or incomplete"
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(8)
-            if len(raw) < 8:
-                raise GlmImageInputError(f"{broken} (the file is {size} bytes); download it again")
-            (header_len,) = struct.unpack("<Q", raw)
-            if header_len > size - 8 or header_len > 100_000_000:
-                raise GlmImageInputError(f"{broken} (bad header); download it again")
-            header = json.loads(handle.read(header_len))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GlmImageInputError(f"{broken} (unreadable header: {err}); download it again") from err
-    try:
-        end = max((int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"), default=0)
-    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
-        raise GlmImageInputError(f"{broken} (malformed header); download it again") from err
-    if 8 + header_len + end != size:
-        raise GlmImageInputError(f"{broken}: it should be {8 + header_len + end} bytes but is {size}; "
-                                 "download it again")
-    return header
-
-
-def checkpoint_dtype(folder: Path) -> torch.dtype | None:
-    """The float dtype most tensors of a component's safetensors use (configs do not say it for diffusers)."""
-    counts: Counter = Counter()
-    for file in sorted(folder.glob("*.safetensors"))[:1]:
-        for key, info in _read_header(file, folder.name).items():
-            if key != "__metadata__" and info.get("dtype") in _SAFETENSORS_DTYPES:
-                counts[info["dtype"]] += 1
-    return _SAFETENSORS_DTYPES[counts.most_common(1)[0][0]] if counts else None
-
-
 def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-_CACHE: dict[str, tuple[tuple, DecoderBundle]] = {}
-_PARTS: dict[tuple[str, str], tuple[tuple, object]] = {}  # (kind, folder) -> (options, DiTModel | VAEModel | GlyphEncoder)
-_CACHE_LOCK = threading.RLock()
+_CACHE: ModelCache[DecoderBundle] = ModelCache()  # one bundle per root folder
+_PARTS: ModelCache = ModelCache()  # (kind, folder) -> DiTModel | VAEModel | GlyphEncoder
+_CACHE_LOCK = threading.RLock()  # one load at a time: a bundle and its parts
 
 
 def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtype: str = "auto",
@@ -335,19 +134,18 @@ def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtyp
     key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weight_dtype,
            comfy_ops() is not None)
     with _CACHE_LOCK:
-        cached = _CACHE.get(folders.root)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        _CACHE.pop(folders.root, None)
-        dit = _dit(folders, torch_dtype, target, weight_dtype)
-        vae_model = _vae(folders.vae, torch_dtype, target)
-        glyph = _glyph(folders, torch_dtype, target)
-        _check_compatible(folders, dit.transformer, vae_model.vae, glyph.text_encoder)
-        sched = _guarded("scheduler", folders.scheduler, lambda: _scheduler_class().from_pretrained(
-            folders.scheduler, local_files_only=True))
-        bundle = DecoderBundle(dit=dit, vae_model=vae_model, glyph=glyph, scheduler=sched, path=folders.root)
-        _CACHE[folders.root] = (key, bundle)
-        return bundle
+        return _CACHE.get_or_load(folders.root, key, lambda: _bundle(folders, torch_dtype, target, weight_dtype))
+
+
+def _bundle(folders: DecoderFolders, torch_dtype: torch.dtype, target: torch.device,
+            weight_dtype: str) -> DecoderBundle:
+    dit = _dit(folders, torch_dtype, target, weight_dtype)
+    vae_model = _vae(folders.vae, torch_dtype, target)
+    glyph = _glyph(folders, torch_dtype, target)
+    _check_compatible(folders, dit.transformer, vae_model.vae, glyph.text_encoder)
+    sched = _guarded("scheduler", folders.scheduler, lambda: _scheduler_class().from_pretrained(
+        folders.scheduler, local_files_only=True))
+    return DecoderBundle(dit=dit, vae_model=vae_model, glyph=glyph, scheduler=sched, path=folders.root)
 
 
 def load_dit(path: str | os.PathLike, dtype: str = "auto", device: str = "auto",
@@ -380,16 +178,13 @@ def load_glyph_encoder(path: str | os.PathLike, dtype: str = "auto", device: str
 
 
 def cached_decoders() -> list[DecoderBundle]:
-    with _CACHE_LOCK:
-        return [entry[1] for entry in _CACHE.values()]
+    return _CACHE.values()
 
 
 def clear_decoder_cache() -> None:
     with _CACHE_LOCK:
-        for _, part in list(_PARTS.values()):
-            forget(part)
+        _PARTS.clear(release=forget)
         _CACHE.clear()
-        _PARTS.clear()
     free_memory_cache()
 
 
@@ -398,32 +193,13 @@ def _part(kind: str, folder: Path, options: tuple, load):
 
     Whether ComfyUI is there is one of the options: inside it the part has cast layers."""
     options = (*options, comfy_ops() is not None)
-    key = (kind, str(folder))
-    cached = _PARTS.get(key)
-    if cached is not None and cached[0] == options:
-        return cached[1]
-    if cached is not None:  # drop the other copy before loading a new one
-        del _PARTS[key]
-        forget(cached[1])
-        del cached
-        free_memory_cache()
-    part = load()
-    _PARTS[key] = (options, part)
-    return part
+    return _PARTS.get_or_load((kind, str(folder)), options, load, release=forget, free=free_memory_cache)
 
 
 def _scheduler_class():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler
-
-
-def latent_stats_of(vae_config, where: str) -> LatentStats:
-    if vae_config.get("latents_mean") is None or vae_config.get("latents_std") is None:
-        raise GlmImageInputError(f"vae {where!r} has no latents_mean/latents_std in its config: "
-                                 "it is not GLM-Image's VAE")
-    return LatentStats(tuple(float(v) for v in vae_config["latents_mean"]),
-                       tuple(float(v) for v in vae_config["latents_std"]))
 
 
 def _read_config(folder: Path, component: str) -> dict:
@@ -441,16 +217,14 @@ def _prepare(module: torch.nn.Module, device: torch.device, fp8_dtype: torch.dty
     module.eval().requires_grad_(False)
     ops = comfy_ops()
     if ops is not None:
-        make_castable(module, ops, fp8_dtype, keep)
+        make_castable(module, ops.disable_weight_init, fp8_dtype, keep, fp8_operations=ops.manual_cast)
         module.to(offload_device())
     else:
         module.to(device)
 
 
 def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weight_dtype: str) -> DiTModel:
-    if resolve_weight_dtype(weight_dtype) is not None and comfy_ops() is None:
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
-                                 "ComfyUI only; choose weight_dtype default here")
+    weight_dtype_in(weight_dtype, comfy_ops() is not None)
     vae_config = _read_config(folders.vae, "vae")
     latent_stats_of(vae_config, str(folders.vae))  # not GLM-Image's VAE: say so before loading 13 GB
     scheduler_config = _read_config(folders.scheduler, "scheduler")

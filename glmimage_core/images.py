@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import GlmImageInputError
+from .shapes import PIXELS_PER_TOKEN
 
-SOURCE_MULTIPLE = 32
 MAX_ASPECT = 4.0
 
 
@@ -62,6 +62,14 @@ def resize_rgb(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out.squeeze(0).permute(1, 2, 0).clamp(0, 1).contiguous()
 
 
+def source_pixels(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """A source image ([H,W,C] 0..1) as the decoder reads it: RGB at 32 px per token of its [h, w] source grid.
+
+    The same conversion and resize as the AR stage's (`to_rgb` + `resize_rgb`), so both stages look at
+    the same picture; a picture already at the size is kept bit for bit. [h*32, w*32, 3] float 0..1."""
+    return resize_rgb(to_rgb(image), PIXELS_PER_TOKEN * grid.shape[0], PIXELS_PER_TOKEN * grid.shape[1])
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     array = (image.numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
     return Image.fromarray(array, mode="RGB")
@@ -81,7 +89,7 @@ def source_size(height: int, width: int, min_pixels: int, max_pixels: int, name:
         scale = shortest / min(height, width)
     if max(height, width) * scale > longest:
         scale = longest / max(height, width)
-    m = SOURCE_MULTIPLE
+    m = PIXELS_PER_TOKEN
     h = max(m, int(round(height * scale / m)) * m)
     w = max(m, int(round(width * scale / m)) * m)
     while min(h, w) < shortest:  # rounding down may undershoot the bound
@@ -107,7 +115,7 @@ class SourceImage:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.height // SOURCE_MULTIPLE, self.width // SOURCE_MULTIPLE
+        return self.height // PIXELS_PER_TOKEN, self.width // PIXELS_PER_TOKEN
 
     def pil(self) -> Image.Image:
         return to_pil(self.pixels)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .errors import GlmImageInputError
-from .prior import PriorTokens
+from .payloads import PriorTokens
+from .weight_files import BadHeader, safetensors_header
 
 FORMAT = "glm-image-prior"
 VERSION = "1"
@@ -26,7 +27,6 @@ VERSION = "1"
 #: The largest token file this pack reads. The largest real one holds 16 grids of 64x64 int64 ids
 #: (512 KiB) plus a few source grids and the prompt; anything this big is something else (weights).
 MAX_FILE_BYTES = 16 * 1024 * 1024
-_HEADER_LEN_BYTES = 8  # safetensors: u64 little-endian header length, then the JSON header
 _ID_DTYPE, _ID_BYTES = "I64", 8
 
 
@@ -50,25 +50,21 @@ def save_prior(prior: PriorTokens, path: str | Path) -> Path:
 
 def _read_header(f, size: int, name: str) -> tuple[dict, dict, bytes]:
     """(metadata, tensor index, raw header bytes) of an open safetensors file, reading only its header."""
-    if size < _HEADER_LEN_BYTES:
-        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: only {size} bytes")
-    length = int.from_bytes(f.read(_HEADER_LEN_BYTES), "little")
-    if length > size - _HEADER_LEN_BYTES:
-        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: its header claims "
-                                 f"{length} bytes but the file has {size}")
-    raw = f.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: bad header "
-                                 f"({err})") from err
+        header, raw = safetensors_header(f, size)
+    except BadHeader as err:
+        reason = {"short": f"only {size} bytes",
+                  "length": f"its header claims {err.detail} bytes but the file has {size}",
+                  "json": f"bad header ({err.detail})"}[err.reason]
+        raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: {reason}") \
+            from err.__cause__
     if not isinstance(header, dict):
         raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: the header is not "
                                  f"a JSON object")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict):
         raise GlmImageInputError(f"token file {name!r} is not a readable safetensors file: bad __metadata__")
-    return meta, header, length.to_bytes(_HEADER_LEN_BYTES, "little") + raw
+    return meta, header, raw
 
 
 def _check_format(meta: dict, name: str) -> None:

@@ -4,8 +4,6 @@ from typing_extensions import override
 
 from .api import ComfyExtension, io
 
-from ..glmimage_comfy import lora_keys
-from ..glmimage_core.model_folders import register_comfy_folder
 from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
@@ -39,10 +37,8 @@ NODES: list[type[io.ComfyNode]] = [
 
 
 class GlmImageExtension(ComfyExtension):
-    @override
-    async def on_load(self) -> None:
-        register_comfy_folder()
-        lora_keys.install()
+    """The pack's nodes. The models folder and the LoRA keys are registered by `comfy_entrypoint` (the
+    package's __init__.py): ComfyUI 0.3.75 never calls `on_load`, 0.33.0 calls it after the entrypoint."""
 
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

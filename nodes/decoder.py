@@ -1,8 +1,8 @@
 import dataclasses
 
-from ..glmimage_comfy.sampling import decode_vram, decode_with_comfy, describe_decoder
+from ..glmimage_comfy.decode_node import decode_vram, decode_with_comfy, describe_decoder
 from ..glmimage_core import decoder_loading
-from ..glmimage_core.decoding import MAX_STEPS
+from ..glmimage_core.decode_inputs import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from .api import ADVANCED, io
 from .loader import model_choices, require_model

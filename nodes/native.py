@@ -2,13 +2,13 @@
 
 from ..glmimage_core import decoder_loading
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
-from ..glmimage_core.decoding import MAX_STEPS
+from ..glmimage_core.decode_inputs import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
 from ..glmimage_core.runtime import DEVICE_CHOICES
 from ..glmimage_comfy.conditioning import build_conditioning
+from ..glmimage_comfy.decode_node import describe_dit, glm_sigmas
 from ..glmimage_comfy.native_model import native_model, with_vram_limit
-from ..glmimage_comfy.sampling import describe_dit, glm_sigmas
 from ..glmimage_comfy.vae import comfy_vae, preview_factors
 from .api import ADVANCED, io
 from .loader import model_choices, require_model

@@ -1,13 +1,13 @@
-"""The pack's custom socket types. Each carries one dataclass from `glmimage_core`."""
+"""The pack's custom socket types. Each carries one dataclass from `glmimage_core.payloads`."""
 
 from .api import io
 
-GlmImageAR = io.Custom("GLMIMAGE_AR")  # glmimage_core.ar_loading.ARModel
-GlmImageShape = io.Custom("GLMIMAGE_SHAPE")  # glmimage_core.shapes.GridShape
-GlmImageInputs = io.Custom("GLMIMAGE_INPUTS")  # glmimage_core.prompting.GlmImageInputs
-GlmImageTokens = io.Custom("GLMIMAGE_TOKENS")  # glmimage_core.generation.GeneratedTokens
-GlmImagePrior = io.Custom("GLMIMAGE_PRIOR")  # glmimage_core.prior.PriorTokens
-GlmImageDecoder = io.Custom("GLMIMAGE_DECODER")  # glmimage_core.decoder_loading.DecoderBundle
+GlmImageAR = io.Custom("GLMIMAGE_AR")  # glmimage_core.payloads.ARModel
+GlmImageShape = io.Custom("GLMIMAGE_SHAPE")  # glmimage_core.payloads.GridShape
+GlmImageInputs = io.Custom("GLMIMAGE_INPUTS")  # glmimage_core.payloads.GlmImageInputs
+GlmImageTokens = io.Custom("GLMIMAGE_TOKENS")  # glmimage_core.payloads.GeneratedTokens
+GlmImagePrior = io.Custom("GLMIMAGE_PRIOR")  # glmimage_core.payloads.PriorTokens
+GlmImageDecoder = io.Custom("GLMIMAGE_DECODER")  # glmimage_core.payloads.DecoderBundle
 
 CATEGORY = "GLM-Image"
-GlmImageGlyph = io.Custom("GLMIMAGE_GLYPH")  # glmimage_core.decoder_loading.GlyphEncoder
+GlmImageGlyph = io.Custom("GLMIMAGE_GLYPH")  # glmimage_core.payloads.GlyphEncoder

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.extraction import extract_prior
-from glmimage_core.generation import SamplingSettings, generate_tokens
-from glmimage_core.prompting import prepare_inputs
+from glmimage_core.token_grids import extract_prior
+from glmimage_core.ar_generate import SamplingSettings, generate_tokens
+from glmimage_core.ar_prompt import prepare_inputs
 from glmimage_core.shapes import GridShape
 
 

@@ -17,11 +17,11 @@ from PIL import Image
 
 from glmimage_core import runtime
 from glmimage_core.decoder_loading import cached_decoders, clear_decoder_cache, load_decoder
-from glmimage_core.decoding import decode_prior, get_glyph_texts
+from glmimage_core.dit_sampling import decode_prior, get_glyph_texts
 from glmimage_core.demo_decoder import build_tiny_decoder, build_tiny_full_hub_layout
 from glmimage_core.demo_models import TINY_CODEBOOK
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.prior import PriorTokens
+from glmimage_core.payloads import PriorTokens
 
 ATOL = 1e-4
 PROMPT = 'A shop sign that says "OPEN" and \u201ctiny\u201d in red'  # two glyph texts: diffusers' even-count pad

@@ -62,13 +62,13 @@ def native(pk, bundle):
 
 def t2i_prior(pk, batch=2, h=4, w=3, seed=0, codebook=64):
     grids = torch.randint(0, codebook, (batch, h, w), generator=torch.Generator().manual_seed(seed))
-    return pk("glmimage_core.prior").PriorTokens(grids=grids, mode="t2i", prompt=PROMPT, codebook_size=codebook)
+    return pk("glmimage_core.payloads").PriorTokens(grids=grids, mode="t2i", prompt=PROMPT, codebook_size=codebook)
 
 
 def i2i_prior(pk, batch=2):
     prior = t2i_prior(pk, batch=batch, seed=1)
     source = torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(2))
-    return pk("glmimage_core.prior").PriorTokens(grids=prior.grids, mode="i2i", prompt='make "it" red',
+    return pk("glmimage_core.payloads").PriorTokens(grids=prior.grids, mode="i2i", prompt='make "it" red',
                                                  codebook_size=64, source_grids=[source])
 
 
@@ -163,7 +163,7 @@ def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, 
     assert raw.shape == cond.latent["samples"].shape
     noise = comfy.sample.prepare_noise(raw, 5)
     start = 25
-    sigmas = pk("glmimage_comfy.sampling").glm_sigmas(cond.model, 50)[start:]
+    sigmas = pk("glmimage_comfy.decode_node").glm_sigmas(cond.model, 50)[start:]
     samples = comfy.sample.sample_custom(cond.model, noise, 1.5, comfy.samplers.sampler_object("euler"), sigmas,
                                          cond.positive, cond.negative, raw, disable_pbar=True, seed=5)
     ours = vae.decode(samples)
@@ -171,7 +171,7 @@ def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, 
     mean, std = diffusers_latent_stats(pipe)
     sigma = float(sigmas[0])
     noisy = sigma * noise + (1 - sigma) * (raw - mean) / std
-    timesteps = pk("glmimage_core.decoding").glm_timesteps(50)[start:]
+    timesteps = pk("glmimage_core.dit_sampling").glm_timesteps(50)[start:]
     ref = diffusers_reference(pipe, prior, len(timesteps), 1.5, seed=5, latents=noisy,
                               timesteps=list(timesteps), sigmas=list(timesteps / 1000))
     assert (ours - ref).abs().max() < TOL
@@ -185,9 +185,9 @@ def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, 
 def test_decode_node_path_equals_ksampler_and_the_core_loop(pk, bundle, native):
     model, vae = native
     prior = t2i_prior(pk, seed=5)
-    node = pk("glmimage_comfy.sampling").decode_with_comfy(bundle, prior, None, 50, 1.5, 3)
+    node = pk("glmimage_comfy.decode_node").decode_with_comfy(bundle, prior, None, 50, 1.5, 3)
     assert torch.equal(node, ksampler(pk, model, vae, bundle.glyph, prior, 50, 1.5, seed=3))
-    core = pk("glmimage_core.decoding").decode_prior(bundle, prior, steps=50, guidance=1.5, seed=3)
+    core = pk("glmimage_core.dit_sampling").decode_prior(bundle, prior, steps=50, guidance=1.5, seed=3)
     assert (node - core).abs().max() < TOL
 
 
@@ -195,14 +195,14 @@ def test_glm_schedule_is_ksamplers_simple_at_50_steps_and_diffusers_at_any(pk, n
     import comfy.samplers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    sampling_mod = pk("glmimage_comfy.sampling")
+    sampling_mod = pk("glmimage_comfy.decode_node")
     model = pk("glmimage_comfy.native_model").with_shift_for(native[0], 1024, 1024)
     sampling = model.get_model_object("model_sampling")
     assert abs(float(sampling.shift) - 3.25) < 1e-6  # mu at 1024x1024: sqrt(4096 / 256) * 0.75 + 0.25
     simple = comfy.samplers.calculate_sigmas(sampling, "simple", 50)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 50), simple.float(), atol=1e-6, rtol=0)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
-    timesteps = pk("glmimage_core.decoding").glm_timesteps(30)
+    timesteps = pk("glmimage_core.dit_sampling").glm_timesteps(30)
     scheduler.set_timesteps(timesteps=timesteps, sigmas=timesteps / 1000, mu=3.25)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 30), scheduler.sigmas.float(), atol=1e-6, rtol=0)
     # the DiT sees the unshifted timestep minus one, whatever sigma ComfyUI hands over
@@ -231,7 +231,7 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
     latent = torch.zeros(1, 4, 16, 12)  # 96x128 px
     mu = nm.latent_shift(bundle.dit, latent)
     assert abs(mu - ((48 / 256) ** 0.5 * 0.75 + 0.25)) < 1e-9  # 6x8 DiT patches
-    timesteps = torch.from_numpy(pk("glmimage_core.decoding").glm_timesteps(8))
+    timesteps = torch.from_numpy(pk("glmimage_core.dit_sampling").glm_timesteps(8))
     sigmas = mu * (timesteps / 1000) / (1 + (mu - 1) * (timesteps / 1000))  # GLM's shifted sigmas
     patched = {
         "ModelSamplingSD3": advanced.ModelSamplingSD3().patch(model, shift=mu)[0],
@@ -239,13 +239,13 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
         "ModelSamplingAuraFlow": advanced.ModelSamplingAuraFlow().patch_aura(model, shift=mu)[0],
         "ModelSamplingFlux": advanced.ModelSamplingFlux().patch(model, **flux_inputs_for(mu))[0],
     }
-    reference = pk("glmimage_comfy.sampling").glm_sigmas(nm.with_shift_for(model, 128, 96), 8)
+    reference = pk("glmimage_comfy.decode_node").glm_sigmas(nm.with_shift_for(model, 128, 96), 8)
     for name, patcher in patched.items():
         sampling = patcher.get_model_object("model_sampling")
         seen = nm.dit_timestep_for(sampling, sampling.timestep(sigmas).float(), latent, bundle.dit)
         torch.testing.assert_close(seen, timesteps - 1, atol=2e-3, rtol=0, msg=name)
         if name != "ModelSamplingSD3 shift 3":  # the same shift: the same schedule as the pack's own
-            got = pk("glmimage_comfy.sampling").glm_sigmas(patcher, 8)
+            got = pk("glmimage_comfy.decode_node").glm_sigmas(patcher, 8)
             torch.testing.assert_close(got, reference, atol=1e-5, rtol=0, msg=name)
     # eps / v-prediction model sampling is refused by its node's name, at sampling time and at the scheduler
     discrete = advanced.ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
@@ -253,7 +253,7 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
     with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: GLM-Image is a flow-matching"):
         nm.dit_timestep_for(sampling, torch.tensor([500.0]), latent, bundle.dit)
     with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: .* use ModelSamplingSD3"):
-        pk("glmimage_comfy.sampling").glm_sigmas(discrete, 8)
+        pk("glmimage_comfy.decode_node").glm_sigmas(discrete, 8)
 
 
 def test_conditioning_keeps_a_users_model_sampling_and_replaces_only_its_own(pk, bundle, native):
@@ -420,7 +420,7 @@ def test_lora_alpha_pattern_and_rslora_follow_peft(pk, bundle, native, loras_fol
 
 
 def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
-    sampling = pk("glmimage_comfy.sampling")
+    sampling = pk("glmimage_comfy.decode_node")
     model, _ = native
     prior = i2i_prior(pk, batch=1)
     source = [picture(64, 96)]
@@ -504,7 +504,7 @@ def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_pic
         assert clone.model.dit.transformer is not bundle.transformer
         assert not storages(clone.model) & storages(model.model)
         assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
-    assert pk("glmimage_core.memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
+    assert pk("glmimage_core.comfy_memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
 
 
 def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_picture(pk, bundle, native):
@@ -529,7 +529,7 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     ComfyUI asks for a non-dynamic copy."""
     import comfy.model_patcher as mp
 
-    decoder_loading, memory = pk("glmimage_core.decoder_loading"), pk("glmimage_core.memory")
+    decoder_loading, memory = pk("glmimage_core.decoder_loading"), pk("glmimage_core.comfy_memory")
     model, vae = native
     as_found = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # without main.py's switch
     assert type(model) is as_found and type(vae.patcher) is as_found
@@ -584,7 +584,7 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     _, vae = native
     g = torch.Generator().manual_seed(4)
     latents = torch.randn(1, 16, 24, 20, generator=g)  # model space, 192x160 px
-    core = pk("glmimage_core.decoding").decode_latents(bundle.vae_model, latents, tiled=False)
+    core = pk("glmimage_core.dit_sampling").decode_latents(bundle.vae_model, latents, tiled=False)
     raw = bundle.dit.latent_stats.denormalise(latents)
     assert torch.equal(vae.decode(raw), core)
     # ComfyUI's tiler (what 'VAE Decode (Tiled)' runs) over our VAE: a picture within one tile is the untiled
@@ -680,7 +680,7 @@ def test_batched_guidance_gives_the_sequential_pixels(pk, bundle, mode):
     """Both branches in one forward vs one forward each, fp32 on the CPU: the same pixels up to the float
     rounding of batched matrix products (stated tolerance 1e-5; bitwise equality cannot hold for a GEMM
     whose batch size changes)."""
-    decoding = pk("glmimage_core.decoding")
+    decoding = pk("glmimage_core.dit_sampling")
     prior = t2i_prior(pk) if mode == "t2i" else i2i_prior(pk)
     sources = [picture(64, 96)] if mode == "i2i" else None
     batched = decoding.decode_prior(bundle, prior, steps=6, guidance=1.5, seed=2, source_images=sources,

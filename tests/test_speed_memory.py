@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from glmimage_core import ar_loading, decoder_loading
-from glmimage_core.generation import generate_tokens
-from glmimage_core.memory import comfy_loaded_count
-from glmimage_core.prompting import prepare_inputs
+from glmimage_core.ar_generate import generate_tokens
+from glmimage_core.comfy_memory import comfy_loaded_count
+from glmimage_core.ar_prompt import prepare_inputs
 
 
 def test_compiled_falls_back_to_standard_on_cpu_with_a_clear_message(ar):
@@ -57,9 +57,9 @@ def test_models_are_registered_once_with_comfyui_and_replaced_not_doubled(comfy_
 
 
 def test_decoder_is_managed_by_comfyui_too(comfy_pack, tmp_path):
-    from glmimage_core.decoding import decode_prior
+    from glmimage_core.dit_sampling import decode_prior
     from glmimage_core.demo_decoder import build_tiny_decoder
-    from glmimage_core.prior import PriorTokens
+    from glmimage_core.payloads import PriorTokens
 
     bundle = decoder_loading.load_decoder(str(build_tiny_decoder(tmp_path / "dec")), dtype="fp32", device="auto")
     prior = PriorTokens(grids=torch.randint(0, 64, (1, 2, 2)), mode="t2i", prompt="x", codebook_size=64)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.prior import PriorTokens, upsample_d32_to_d16
+from glmimage_core.payloads import PriorTokens, upsample_d32_to_d16
 from glmimage_core.token_files import is_token_file, load_prior, save_prior
 from glmimage_core.token_folders import list_token_files, resolve_token_path
 from glmimage_core.token_preview import render_grid

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from glmimage_core import generation
+from glmimage_core import ar_generate
 from glmimage_core.ar_loading import load_ar_model
 from glmimage_core.demo_models import TINY_CODEBOOK, build_tiny_ar_model
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.extraction import extract_prior
-from glmimage_core.generation import generate_tokens
-from glmimage_core.prompting import prepare_inputs
+from glmimage_core.token_grids import extract_prior
+from glmimage_core.ar_generate import generate_tokens
+from glmimage_core.ar_prompt import prepare_inputs
 from glmimage_core.shapes import GridShape
 from glmimage_core.token_preview import (INVALID_RGB, UNFILLED_RGB, LiveGridPreview, codebook_embedding,
                                          codebook_palette, hue_palette, model_palette, render_grid)
@@ -136,12 +136,12 @@ def test_progress_and_previews_are_throttled(ar, recorded):
     assert values[0] == 1 and values[-1] == total and values == sorted(set(values))
     assert len(values) < total  # not one message per token
     gaps = np.diff([c["t"] for c in recorded[1:-1]])  # between the first and the last report
-    assert (gaps >= generation.REPORT_INTERVAL_S * 0.9).all(), gaps
+    assert (gaps >= ar_generate.REPORT_INTERVAL_S * 0.9).all(), gaps
     assert recorded[0]["preview"] is None and all(c["preview"] is not None for c in recorded[1:])
 
 
 def test_every_report_carries_a_picture_of_the_first_sample(ar, recorded, monkeypatch):
-    monkeypatch.setattr(generation, "REPORT_INTERVAL_S", 0.0)  # report (and render) every token
+    monkeypatch.setattr(ar_generate, "REPORT_INTERVAL_S", 0.0)  # report (and render) every token
     inputs = prepare_inputs(ar.processor, "a boat <sop>3 5<eop>")
     tokens = generate_tokens(ar, inputs, seed=4, images=2)
     prior = extract_prior(tokens)
@@ -166,7 +166,7 @@ def test_cancel_is_checked_at_every_token_even_between_reports(ar, comfy_pack, m
     import comfy.ops
     import comfy.utils
 
-    monkeypatch.setattr(generation, "REPORT_INTERVAL_S", 3600.0)  # only the first token is reported
+    monkeypatch.setattr(ar_generate, "REPORT_INTERVAL_S", 3600.0)  # only the first token is reported
     seen, forwards = [], []
 
     def press_cancel(value, total, preview, node_id=None):

@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 
-from glmimage_core import memory, real_size, vram_plan
+from glmimage_core import comfy_memory, real_size, vram_plan
 from glmimage_core.ar_loading import load_ar_model
 from glmimage_core.cast_layers import HostEmbedding, make_castable, resolve_weight_dtype
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.generation import generate_tokens
-from glmimage_core.prompting import prepare_inputs
+from glmimage_core.ar_generate import generate_tokens
+from glmimage_core.ar_prompt import prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,34 @@ def test_castable_norms_match_the_upstream_formula_when_cast(comfy_pack):
             x = torch.randn(3, 5, 64, dtype=dtype) * 7
             expected = norm(x)
             castable = copy.deepcopy(norm)
-            make_castable(castable, comfy.ops)
+            make_castable(castable, comfy.ops.disable_weight_init)
             castable.comfy_cast_weights = True  # what ComfyUI sets on a streamed layer
             assert torch.equal(castable(x), expected), (cls.__name__, dtype)
+
+
+def test_make_castable_gives_the_layers_of_the_operations_class_it_is_given(comfy_pack):
+    """Another op family (here manual_cast for every layer, as ComfyUI-GGUF's GGMLOps would be) plugs in."""
+    import comfy.ops
+    from transformers.models.glm_image.modeling_glm_image import GlmImageRMSNorm
+
+    ops = comfy.ops.manual_cast
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Embedding(4, 8),
+                                torch.nn.Conv2d(3, 3, 1), torch.nn.GroupNorm(1, 3), GlmImageRMSNorm(8),
+                                torch.nn.Linear(8, 8))
+    summary = make_castable(model, ops, torch.float8_e4m3fn, lambda name: name == "6")
+    assert [type(m) for m in model[:5]] == [ops.Linear, ops.LayerNorm, ops.Embedding, ops.Conv2d, ops.GroupNorm]
+    assert type(model[6]) is ops.Linear and model[6].weight.dtype == torch.float32  # kept out of fp8
+    assert model[0].weight.dtype == torch.float8_e4m3fn and summary.fp8_layers == 1
+    assert isinstance(model[5], GlmImageRMSNorm) and isinstance(model[5], comfy.ops.CastWeightBiasOp)
+    assert not any(isinstance(m, comfy.ops.disable_weight_init.Linear) and type(m) is not ops.Linear
+                   for m in model.modules())
+    assert summary.not_castable == []
 
 
 def test_partial_load_gives_exactly_the_tokens_of_a_full_load(comfy_ar):
     inputs = prepare_inputs(comfy_ar.processor, "a red fox <sop>4 5<eop>")
     full = generate_tokens(comfy_ar, inputs, seed=11)
-    patcher = memory.patcher_of(comfy_ar)
+    patcher = comfy_memory.patcher_of(comfy_ar)
     assert patcher.loaded_size() == patcher.model_size() and _streamed(comfy_ar.model) == 0
     budget = patcher.model_size() // 4
     partial = generate_tokens(comfy_ar, inputs, seed=11, vram_limit=budget)
@@ -81,7 +100,7 @@ def test_comfyui_accounting_matches_the_reported_bytes(comfy_pack, tiny_ar_dir):
     for weight_dtype in ("default", "fp8_e4m3fn"):
         ar = load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", weight_dtype=weight_dtype)
         generate_tokens(ar, prepare_inputs(ar.processor, "x <sop>2 2<eop>"), seed=0)
-        patcher = memory.patcher_of(ar)
+        patcher = comfy_memory.patcher_of(ar)
         reported = vram_plan.resident_bytes(ar.inventory, vram_plan.WeightOption(weight_dtype))
         assert patcher.model_size() == reported == patcher.loaded_size(), weight_dtype
     assert ar.model.lm_head.weight.dtype == torch.float32  # the output head keeps its dtype
@@ -120,7 +139,8 @@ def test_fp8_ar_logits_stay_within_the_stated_tolerance_of_bf16(comfy_pack, real
         reference = real_size_ar(input_ids=ids).logits.float()
         rounded = _dequantized(real_size_ar, fp8, vram_plan.AR_FP8_KEEP)(input_ids=ids).logits.float()
         model = copy.deepcopy(real_size_ar)
-        summary = make_castable(model, comfy.ops, fp8, lambda n: vram_plan.name_matches(n, vram_plan.AR_FP8_KEEP))
+        summary = make_castable(model, comfy.ops.disable_weight_init, fp8,
+                                lambda n: vram_plan.name_matches(n, vram_plan.AR_FP8_KEEP), comfy.ops.manual_cast)
         stored = model(input_ids=ids).logits.float()
     assert summary.fp8_layers == 6 + 4  # text q/k/v/o, gate_up, down; vision qkv, proj, fc1, fc2
     # fp8 only stores the weights: the maths runs in bf16 on exactly the fp8-rounded weights.
@@ -150,7 +170,8 @@ def test_fp8_dit_noise_prediction_stays_within_the_stated_tolerance_of_bf16(comf
     with torch.no_grad():
         reference = dit(**kwargs)[0].float()
         rounded = _dequantized(dit, fp8, vram_plan.DIT_FP8_KEEP)(**kwargs)[0].float()
-        make_castable(dit, comfy.ops, fp8, lambda n: vram_plan.name_matches(n, vram_plan.DIT_FP8_KEEP))
+        make_castable(dit, comfy.ops.disable_weight_init, fp8, lambda n: vram_plan.name_matches(n, vram_plan.DIT_FP8_KEEP),
+                      comfy.ops.manual_cast)
         stored = dit(**kwargs)[0].float()
     torch.testing.assert_close(stored, rounded, rtol=0, atol=0)
     error = ((stored - reference).norm() / reference.norm()).item()
@@ -184,7 +205,7 @@ def test_plan_message_names_the_options_that_fit():
 
 
 def test_ar_working_memory_grows_with_the_picture(comfy_ar):
-    from glmimage_core.placement import ar_working_bytes
+    from glmimage_core.ar_residency import ar_working_bytes
 
     small = prepare_inputs(comfy_ar.processor, "x <sop>8 8<eop>")
     big = prepare_inputs(comfy_ar.processor, "x <sop>32 32<eop>")

@@ -15,7 +15,6 @@ with exp(shift) = mu, give the plain picture, before or after 'GLM-Image conditi
 import copy
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

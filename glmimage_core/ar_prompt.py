@@ -8,32 +8,13 @@ processor instead, so the model sees it exactly once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 
 from .errors import GlmImageInputError
 from .images import SourceImage, prepare_sources
+from .payloads import GlmImageInputs
 from .shapes import DEFAULT_SHAPE, GridShape, split_shape_tags
-
-
-@dataclass
-class GlmImageInputs:
-    """Everything the token stage needs for one prompt."""
-
-    prompt: str
-    shape: GridShape
-    mode: str  # "t2i" or "i2i"
-    model_inputs: dict[str, torch.Tensor]
-    sources: list[SourceImage] = field(default_factory=list)
-
-    @property
-    def source_grids(self) -> list[tuple[int, int]]:
-        return [s.grid for s in self.sources]
-
-    @property
-    def input_length(self) -> int:
-        return int(self.model_inputs["input_ids"].shape[-1])
 
 
 def resolve_shape(prompt: str, shape: GridShape | None, sources: list[SourceImage]) -> tuple[str, GridShape]:

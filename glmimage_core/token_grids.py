@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 from .errors import GlmImageInputError
-from .generation import GeneratedTokens
-from .prior import PriorTokens
+from .payloads import GeneratedTokens, PriorTokens
 
 
 def extract_prior(tokens: GeneratedTokens) -> PriorTokens:

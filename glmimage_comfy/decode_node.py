@@ -16,11 +16,10 @@ import comfy.samplers
 import latent_preview
 
 from ..glmimage_core import vram_plan
-from ..glmimage_core.decoder_loading import DecoderBundle, DiTModel
-from ..glmimage_core.decoding import glm_timesteps
+from ..glmimage_core.dit_sampling import glm_timesteps
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory import patcher_of
-from ..glmimage_core.prior import PriorTokens
+from ..glmimage_core.comfy_memory import patcher_of
+from ..glmimage_core.payloads import DecoderBundle, DiTModel, PriorTokens
 from ..glmimage_core.runtime import free_vram
 from .conditioning import build_conditioning
 from .native_model import native_model, require_flow_sampling, timestep_scale, with_vram_limit

@@ -12,38 +12,18 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .ar_loading import ARModel
-from .batch_sampling import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
+from .ar_seeded_batch import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
 from .errors import GlmImageInputError
 from . import vram_plan
-from .placement import ar_needs, ar_on_device, ar_residency
-from .static_decode import DecodeTimes, graph_friendly_decode
-from .prompting import GlmImageInputs
+from .ar_residency import ar_needs, ar_on_device, ar_residency
+from .ar_compiled_step import DecodeTimes, graph_friendly_decode
+from .payloads import ARModel, GeneratedTokens, GlmImageInputs
 from .runtime import Progress, check_interrupted, preview_size, progress_bar
-from .shapes import GridShape
 from .token_preview import LiveGridPreview, model_palette
-
-
-@dataclass
-class GeneratedTokens:
-    """Raw sampled ids (prompt stripped) for N samples, plus what extraction needs."""
-
-    sequences: torch.Tensor  # [N, generated_length] int64 on CPU
-    shape: GridShape
-    mode: str
-    prompt: str
-    seeds: list[int]
-    codebook_size: int
-    image_end_id: int
-    source_grids: list[torch.Tensor] = field(default_factory=list)  # i2i: [h, w] d32 ids per source
-    notes: list[str] = field(default_factory=list)  # e.g. why speed=compiled fell back to standard
-    # [codebook_size, 3] colours from the sampling model's codebook (token_preview.model_palette), for
-    # the preview node; None when the model's codebook could not be read (then: fixed hues).
-    palette: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
