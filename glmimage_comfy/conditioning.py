@@ -24,8 +24,9 @@ from ..glmimage_core.dit_sampling import encode_glyphs, image_seq_len, shift_for
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids
-from .native_model import (GlmImageModel, GlmImageModelSampling, SourceImages, linear_shift_of,
-                           require_flow_sampling, sampling_node_name, with_shift_for)
+from .flow_sampling import (GlmImageModelSampling, linear_shift_of, require_flow_sampling, sampling_node_name,
+                            with_shift_for)
+from .native_model import GlmImageModel, SourceImages
 
 
 @dataclass

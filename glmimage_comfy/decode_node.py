@@ -22,7 +22,8 @@ from ..glmimage_core.comfy_memory import patcher_of
 from ..glmimage_core.payloads import DecoderBundle, DiTModel, PriorTokens
 from ..glmimage_core.runtime import free_vram
 from .conditioning import build_conditioning
-from .native_model import native_model, require_flow_sampling, timestep_scale, with_vram_limit
+from .flow_sampling import require_flow_sampling, timestep_scale
+from .native_patcher import native_model, with_vram_limit
 from .vae import comfy_vae, preview_factors
 
 

@@ -4,13 +4,13 @@ from typing_extensions import override
 
 from .api import ComfyExtension, io
 
+from .conditioning import GLMImageConditioning, GLMImageScheduler
 from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
 from .loader import GLMImageARLoader
 from .lora import GLMImageLoraLoader
-from .native import (GLMImageConditioning, GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageScheduler,
-                     GLMImageVAELoader)
+from .native_loaders import GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageVAELoader
 from .preview import GLMImagePreviewTokens
 from .prompt import GLMImagePrompt
 from .shape import GLMImageShape

@@ -5,9 +5,9 @@ from ..glmimage_core import decoder_loading
 from ..glmimage_core.decode_inputs import MAX_STEPS
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from .api import ADVANCED, io
-from .loader import model_choices, require_model
 from .messages import show_message
-from .native import device_input, dit_weight_dtype_input, source_images, vram_limit_bytes, vram_limit_input
+from .inputs import (device_input, dit_weight_dtype_input, model_choices, require_model, source_images,
+                     vram_limit_bytes, vram_limit_input)
 from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
 
 

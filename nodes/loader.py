@@ -1,25 +1,10 @@
 from ..glmimage_core import ar_loading, vram_plan
 from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
-from ..glmimage_core.model_folders import list_model_folders
 from .api import ADVANCED, io
+from .inputs import NO_MODELS, model_choices, require_model  # noqa: F401 (NO_MODELS: the placeholder, named here too)
 from .messages import show_message
 from .sockets import CATEGORY, GlmImageAR
-
-NO_MODELS = "(no models in models/glm_image)"
-
-
-def model_choices() -> list[str]:
-    """The folders under models/glm_image/, or a placeholder that says where to put them."""
-    return list_model_folders() or [NO_MODELS]
-
-
-def require_model(model: str) -> str:
-    if model == NO_MODELS:
-        raise ValueError("model: no model folder found in models/glm_image/. Download zai-org/GLM-Image "
-                         "into models/glm_image/GLM-Image and refresh the page.")
-    return model
-
 
 class GLMImageARLoader(io.ComfyNode):
     @classmethod

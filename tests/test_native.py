@@ -56,7 +56,7 @@ def pipe(root):
 
 @pytest.fixture(scope="module")
 def native(pk, bundle):
-    nm, vae = pk("glmimage_comfy.native_model"), pk("glmimage_comfy.vae")
+    nm, vae = pk("glmimage_comfy.native_patcher"), pk("glmimage_comfy.vae")
     return nm.native_model(bundle.dit, lambda: vae.preview_factors(bundle.vae_model)), vae.comfy_vae(bundle.vae_model)
 
 
@@ -196,7 +196,7 @@ def test_glm_schedule_is_ksamplers_simple_at_50_steps_and_diffusers_at_any(pk, n
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     sampling_mod = pk("glmimage_comfy.decode_node")
-    model = pk("glmimage_comfy.native_model").with_shift_for(native[0], 1024, 1024)
+    model = pk("glmimage_comfy.flow_sampling").with_shift_for(native[0], 1024, 1024)
     sampling = model.get_model_object("model_sampling")
     assert abs(float(sampling.shift) - 3.25) < 1e-6  # mu at 1024x1024: sqrt(4096 / 256) * 0.75 + 0.25
     simple = comfy.samplers.calculate_sigmas(sampling, "simple", 50)
@@ -225,7 +225,7 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
     `sampling.multiplier` / `.shift`: AttributeError on Flux, 1000x too small a timestep on AuraFlow.)"""
     from comfy_extras import nodes_model_advanced as advanced
 
-    nm = pk("glmimage_comfy.native_model")
+    nm = pk("glmimage_comfy.flow_sampling")
     errors = pk("glmimage_core.errors")
     model = native[0]
     latent = torch.zeros(1, 4, 16, 12)  # 96x128 px
@@ -261,7 +261,7 @@ def test_conditioning_keeps_a_users_model_sampling_and_replaces_only_its_own(pk,
     own default (and a previous conditioning node's) gets the size's shift; non-flow sampling is refused."""
     from comfy_extras import nodes_model_advanced as advanced
 
-    cond_mod, nm = pk("glmimage_comfy.conditioning"), pk("glmimage_comfy.native_model")
+    cond_mod, nm = pk("glmimage_comfy.conditioning"), pk("glmimage_comfy.flow_sampling")
     errors = pk("glmimage_core.errors")
     model = native[0]
     prior = t2i_prior(pk, batch=1)  # 96x128 px
@@ -321,7 +321,7 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
         layer = merged.transformer.get_submodule(name)
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
         layer.weight.data += strength * delta
-    merged_model = pk("glmimage_comfy.native_model").native_model(merged)
+    merged_model = pk("glmimage_comfy.native_patcher").native_model(merged)
     prior = t2i_prior(pk, batch=1, seed=8)
     ours = ksampler(pk, with_lora, vae, bundle.glyph, prior, 6, 1.5, seed=2)
     by_hand = ksampler(pk, merged_model, vae, bundle.glyph, prior, 6, 1.5, seed=2)
@@ -340,7 +340,7 @@ def merged_by_hand(pk, bundle, lora, scales: dict):
     for name, scale in scales.items():
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
         merged.transformer.get_submodule(name).weight.data += scale * delta
-    return pk("glmimage_comfy.native_model").native_model(merged)
+    return pk("glmimage_comfy.native_patcher").native_model(merged)
 
 
 @pytest.fixture
@@ -540,7 +540,7 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     monkeypatch.setattr(mp, "CoreModelPatcher", CorePatcher, raising=False)
     root = pk("glmimage_core.demo_decoder").build_tiny_decoder(tmp_path / "glm")
     dit = decoder_loading.load_dit(str(root), dtype="fp32", device="cpu")  # what 'Load GLM-Image DiT' calls
-    assert type(pk("glmimage_comfy.native_model").native_model(dit)) is CorePatcher
+    assert type(pk("glmimage_comfy.native_patcher").native_model(dit)) is CorePatcher
     new_vae = pk("glmimage_comfy.vae").comfy_vae(decoder_loading.load_vae(str(root), dtype="fp32", device="cpu"))
     assert type(new_vae.patcher) is CorePatcher
     glyph = decoder_loading.load_glyph_encoder(str(root), dtype="fp32", device="cpu")
