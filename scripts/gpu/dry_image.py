@@ -28,7 +28,7 @@ PACKAGES = Path(__file__).with_name("device_image_packages.txt")
 #: the pack could notice (transformers, huggingface_hub), and image packages that venv lacks but the stack
 #: imports (transformers 5.17 / huggingface_hub 1.x import httpx). Pure-python wheels, ~15 MB together.
 DEVICE_VERSIONS = {"transformers": "5.17.0", "huggingface-hub": "1.33.0", "httpx": "0.28.1", "httpcore": "1.0.9",
-                   "anyio": "4.11.0", "h11": "0.16.0"}
+                   "anyio": "4.16.0", "h11": "0.16.0"}
 
 
 def norm(name: str) -> str:
@@ -76,11 +76,14 @@ def build(dest: Path) -> Path:
         linked.append(name)
     wheels = dest / "device-wheels"
     pins = [f"{n}=={v}" for n, v in DEVICE_VERSIONS.items()]
-    if not all(any(wheels.glob(f"{n.replace('-', '_')}-{v}-*.whl")) for n, v in DEVICE_VERSIONS.items()):
+    def pinned() -> list[Path]:
+        return [w for n, v in DEVICE_VERSIONS.items() for w in wheels.glob(f"{n.replace('-', '_')}-{v}-*.whl")]
+
+    if len(pinned()) != len(DEVICE_VERSIONS):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "-d", str(wheels), *pins], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
-                    "--target", str(image), *map(str, sorted(wheels.glob("*.whl")))], check=True)
+                    "--target", str(image), *map(str, sorted(pinned()))], check=True)
     venv = dest / "venv"
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
