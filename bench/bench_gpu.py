@@ -165,7 +165,7 @@ def report(results: dict) -> str:
     """The markdown tables (AR variants, decoder variants, goals) of one run's results."""
     ar_rows, dec_rows, info = results["ar"], results["decoder"], results["machine"]
     lines = [f"{info['gpu'] or info['cpu']} | torch {info['torch']} | {results['shape']} | {results['steps']} steps"
-             f" | AR {results.get('ar_layers', AR_LAYERS)} of {AR_LAYERS} layers"
+             + (f" | AR {results['ar_layers']} of {AR_LAYERS} layers" if results.get("ar_layers") else "")
              + (" | TINY MODELS ON THE CPU (dry run): only proves the script runs" if results["tiny"] else ""),
              "", "| AR variant | s per picture | tokens/s | images/s | peak VRAM GiB |", "|---|---|---|---|---|"]
     for name, r in ar_rows.items():

@@ -258,6 +258,21 @@ def plan_budget(name: str, budgets: dict, started: float, total: float) -> float
 # --------------------------------------------------------------------------- report
 
 
+def bench_detail(out: Path, part: str) -> str:
+    """'goals met 3/6' (bench-gpu) or 'VRAM rows 7, flagged 1' (bench-memory), from the JSON they wrote."""
+    path = out / ("bench_gpu.json" if part == "bench-gpu" else "bench_memory.json")
+    if part not in ("bench-gpu", "bench-memory") or not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    if part == "bench-gpu":
+        goals = data.get("goals", [])
+        return f"goals met {sum(g['met'] for g in goals)}/{len(goals)}" + (" (dry run)" if data.get("tiny") else "")
+    rows = [r for r in data.get("versus_estimates", []) if r.get("measured") is not None]
+    if not rows:
+        return "no GPU: estimates only"
+    return f"VRAM rows measured {len(rows)}, off by > 15%: {sum(bool(r['flag']) for r in rows)}"
+
+
 def summary_markdown(parts: list[PartResult], meta: dict, bench_gpu: dict | None, bench_memory: dict | None) -> str:
     """One screen: the parts, the benchmark goals, the VRAM comparison (marked dry run where so)."""
     dry = meta.get("dry_run")
@@ -290,7 +305,20 @@ def summary_markdown(parts: list[PartResult], meta: dict, bench_gpu: dict | None
                                  f"{r['measured'] / 1e9:.1f} | {r['ratio']:.2f} | {'FLAG' if r['flag'] else 'ok'} |")
     failed = [p.name for p in parts if p.status != "passed" and p.detail != NOT_ASKED]
     lines += ["", "ALL PARTS PASSED" if not failed else f"NOT PASSED: {', '.join(failed)} (see logs.txt)"]
+    misses = unmet_goals(bench_gpu, bench_memory)
+    if misses and not dry:
+        lines.append(f"GOALS NOT MET: {'; '.join(misses)}")
+    elif bench_gpu and not dry:
+        lines.append("ALL GOALS MET, no VRAM estimate off by more than 15%")
     return "\n".join(lines) + "\n"
+
+
+def unmet_goals(bench_gpu: dict | None, bench_memory: dict | None) -> list[str]:
+    """The issue's goals bench_gpu.py did not meet, and the card-table estimates flagged off by > 15%."""
+    out = [g["goal"] for g in (bench_gpu or {}).get("goals", []) if not g["met"]]
+    out += [f"VRAM estimate {r['card_gb']} GB {r['model']} (x{r['ratio']:.2f})"
+            for r in (bench_memory or {}).get("versus_estimates", []) if r.get("flag")]
+    return out
 
 
 def write_outputs(out: Path, parts: list[PartResult], meta: dict) -> str:
@@ -405,12 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         counts = pytest_counts(result.log_tail) if "pytest" in commands[name] else ""
         skips = skipped_reasons(result.log_tail) if counts else []
         result.detail = "; ".join(x for x in [counts, *(f"skipped: {s}" for s in skips[:3])] if x) or \
-            (result.log_tail.strip().splitlines() or [""])[-1][:200]
+            bench_detail(out, name) or (result.log_tail.strip().splitlines() or [""])[-1][:200]
         print(f"[gpu-check] {name}: {result.status} in {result.seconds:.0f} s {result.detail}", flush=True)
     meta["total_seconds"] = time.monotonic() - started
     print(write_outputs(out, parts, meta))
     print(f"[gpu-check] files in {out}: {sorted(p.name for p in out.iterdir())}")
-    return 0 if all(p.status == "passed" for p in parts if p.name in wanted) else 1
+    passed = all(p.status == "passed" for p in parts if p.name in wanted)
+    results = json.loads((out / "results.json").read_text())
+    goals = [] if dry else unmet_goals(results.get("bench_gpu"), results.get("bench_memory"))  # on a GPU: real
+    return 0 if passed and not goals else 1
 
 
 if __name__ == "__main__":

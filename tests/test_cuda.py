@@ -122,7 +122,7 @@ def test_bitsandbytes_quantized_ar_runs_on_the_gpu(pk, root, quantization):
     """quantization=nf4/int8 (the 8 GB card's AR option) loads and samples; needs bitsandbytes."""
     if importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip(f"quantization={quantization} needs bitsandbytes, which this Python lacks (the device image "
-                    "has none and the bundle does not carry it: its CUDA wheel is ~60 MB)")
+                    "has none, and its CUDA wheel does not fit beside the bundle in what a device call carries)")
     if DEVICE != "cuda":
         pytest.skip("bitsandbytes quantization runs on CUDA only")
     ar = load_ar(pk, root, "bf16", quantization=quantization)

@@ -93,6 +93,7 @@ def test_reports_say_which_part_failed_and_show_goals_and_vram_flags(tmp_path):
     assert "| server-workflows | TIMEOUT |" in text
     assert "| pack decode time vs diffusers | 1.10x (goal <= 1.05x) | NO |" in text
     assert "NOT PASSED: cuda-tests, server-workflows (see logs.txt)" in text
+    assert "GOALS NOT MET: pack decode time vs diffusers" in text
     assert "not measured in this run" not in text  # no bench_memory.json: no VRAM section at all
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.txt", "results.json", "summary.md"]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -100,6 +101,7 @@ def test_reports_say_which_part_failed_and_show_goals_and_vram_flags(tmp_path):
     assert "E   assert 1 == 2" in (tmp_path / "logs.txt").read_text()
     dry = gpu_check.summary_markdown(parts[:1], {"dry_run": True}, None, {"versus_estimates": []})
     assert "DRY RUN" in dry and "not measured in this run (no CUDA GPU)" in dry and "ALL PARTS PASSED" in dry
+    assert "GOALS" not in dry  # a dry run's figures are meaningless: no goal verdicts
 
 
 def test_a_part_over_its_budget_is_stopped_with_everything_it_started(tmp_path):

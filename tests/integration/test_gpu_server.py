@@ -40,15 +40,17 @@ def gpu_server(request, tmp_path_factory):
     from glmimage_core.demo_decoder import build_tiny_full_hub_layout
 
     mode = request.param
+    device = "cpu" if ON_CPU or not CUDA else "gpu"
     server = ComfyServer(tmp_path_factory.mktemp(f"gpu-{mode}"), comfy_dir=comfyui_dir(), python=sys.executable,
-                         device="cpu" if ON_CPU or not CUDA else "gpu")
+                         device=device)
+    flags = [f for f in MODES[mode] if device == "gpu" or f != "--lowvram"]  # main.py refuses --cpu with --lowvram
     server.add_model("GLM-Image", build_tiny_full_hub_layout)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(server.input_dir / "example.png")
     front_end = server.base / "frontend"  # an empty editor: the bundle leaves comfyui-frontend-package out
     front_end.mkdir()
     try:
-        server.start(extra_args=["--front-end-root", str(front_end), *MODES[mode]])
+        server.start(extra_args=["--front-end-root", str(front_end), *flags])
     except ComfyError as err:
         pytest.fail(f"ComfyUI ({comfyui_dir()}, mode {mode}) did not start: {err}", pytrace=False)
     yield mode, server
