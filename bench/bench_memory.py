@@ -274,13 +274,15 @@ def main() -> None:
                         help="GPU part: the AR model samples this many tokens a side (32: 1024x1024; fewer to fit a "
                              "time budget; the comparison with the estimates uses the same size)")
     parser.add_argument("--md", help="also write the tables as markdown to this file")
+    parser.add_argument("--no-layer-cost", action="store_true",
+                        help="skip part 5 (a CPU measurement; the GPU check leaves it out to save device time)")
     args = parser.parse_args()
     quiet_libraries()
     cuda = torch.cuda.is_available() and not args.tiny
     comfy(cuda)
     s = sizes()
     cards = card_table(s)
-    cost = layer_cost(args.tiny)
+    cost = None if args.no_layer_cost else layer_cost(args.tiny)
     measured = gpu_options(torch.device("cuda"), args.ar_grid, dit_limits_for_cards(cards, s)) if cuda else []
     compared = versus_estimates(cards, s, measured) if measured else []
     results = {"machine": machine(), "sizes": s, "cards": cards, "cast_layer_cost": cost, "gpu": measured,
@@ -308,8 +310,9 @@ def main() -> None:
         say(f"| {r['card_gb']} GB ({gb(r['usable_bytes'])} usable) | {r['ar']} | {r['dit']} | {gb(r['ar_peak'])} | "
               f"{gb(r['dit_peak'])} | {gb(r['dit_streamed']) if r['dit_streamed'] else '-'} | "
               f"{'tiled' if r['vae_tiled'] else 'whole'} | {'yes' if r['fits'] else 'NO'} |")
-    say(f"\nCast layers vs plain layers, resident, same weights (time ratio, 1.00 = same): AR forward "
-          f"{cost['ar_cast_vs_plain']:.3f}, DiT forward {cost['dit_cast_vs_plain']:.3f}")
+    if cost:
+        say(f"\nCast layers vs plain layers, resident, same weights (time ratio, 1.00 = same): AR forward "
+            f"{cost['ar_cast_vs_plain']:.3f}, DiT forward {cost['dit_cast_vs_plain']:.3f}")
     if measured:
         say("\n| model | option | peak VRAM | speed |\n|---|---|---|---|")
         for r in measured:
