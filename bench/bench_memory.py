@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,7 +49,7 @@ GLYPH_BYTES, VAE_BYTES = int(0.83 * 1e9), int(0.16 * GIB)
 
 def comfy(device_is_cuda: bool):
     """ComfyUI's model manager in this process (its cast layers and partial loads are what is measured)."""
-    path = str(REPO / ".cache" / "comfyui")
+    path = os.environ.get("GLMIMAGE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui"))  # the GPU check: 0.33.0
     if path not in sys.path:
         sys.path.insert(0, path)
     from comfy.cli_args import args
@@ -145,8 +146,12 @@ def layer_cost(tiny: bool) -> dict:
             "dit_cast_vs_plain": best["dit cast"] / best["dit plain"], "seconds": best}
 
 
-def gpu_options(device: torch.device) -> list[dict]:
-    """Each option inside ComfyUI's model manager, at the real sizes, on the GPU (peak VRAM, speed)."""
+def gpu_options(device: torch.device, ar_grid: int = 32, dit_limits: tuple = (None, None, 3 * GIB)) -> list[dict]:
+    """Each option inside ComfyUI's model manager, at the real sizes, on the GPU (peak VRAM, speed).
+
+    The AR model samples a picture of `ar_grid` x `ar_grid` tokens (32: 1024x1024; fewer to fit a time
+    budget: the rows record their token count, and `versus_estimates` compares them with the estimate for
+    that count). `dit_limits`: the resident budgets of the bf16, fp8 and streamed fp8 DiT rows."""
     from glmimage_core.ar_loading import prepare_ar_model
     from glmimage_core.decoder_loading import prepare_dit
     from glmimage_core.demo_decoder import LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG
@@ -157,7 +162,7 @@ def gpu_options(device: torch.device) -> list[dict]:
     from glmimage_core.shapes import GridShape
 
     rows = []
-    shape = GridShape(32, 32)
+    shape = GridShape(ar_grid, ar_grid)
     for weight_dtype in ("default", "fp8_e4m3fn"):
         model, processor = real_size.build_ar_with_processor(device=device)
         model.to("cpu")  # ComfyUI's manager moves it to the GPU, as it does for a loaded checkpoint
@@ -166,13 +171,13 @@ def gpu_options(device: torch.device) -> list[dict]:
         inputs = prepare_inputs(processor, "a red fox", shape)
         generate_tokens(ar, inputs, seed=0)  # load + warm-up
         m = timed(lambda: generate_tokens(ar, inputs, seed=1), device)
-        rows.append({"model": "AR", "option": weight_dtype, "seconds": m.seconds,
+        rows.append({"model": "AR", "option": weight_dtype, "seconds": m.seconds, "grid": ar_grid,
                      "tokens_per_s": shape.max_new_tokens("t2i") / m.seconds, "peak_vram_bytes": m.peak_vram})
         forget(ar)
         ar = model = None  # free before the next option is built
         torch.cuda.empty_cache()
 
-    for weight_dtype, limit in (("default", None), ("fp8_e4m3fn", None), ("fp8_e4m3fn", 3 * GIB)):
+    for weight_dtype, limit in zip(("default", "fp8_e4m3fn", "fp8_e4m3fn"), dit_limits):
         dit_module = real_size.build_dit(device=device).to("cpu")
         torch.cuda.empty_cache()
         vae_config = {"block_out_channels": [128, 256, 512, 512], "latents_mean": list(LATENTS_MEAN),
@@ -196,7 +201,8 @@ def gpu_options(device: torch.device) -> list[dict]:
             steps(1)
             clock.stamps.clear()
             m = timed(steps, device)
-        rows.append({"model": "DiT", "option": weight_dtype + (f", {limit / GIB:.0f} GB resident" if limit else ""),
+        rows.append({"model": "DiT", "option": weight_dtype + (f", {limit / GIB:.1f} GiB resident" if limit else ""),
+                     "limit_bytes": limit,
                      "s_per_step": clock.seconds_per_step(), "peak_vram_bytes": m.peak_vram})
         forget(dit)
         dit = dit_module = None
@@ -204,46 +210,129 @@ def gpu_options(device: torch.device) -> list[dict]:
     return rows
 
 
+#: A measured peak this far from its estimate (either way) is flagged: the README's card table is then wrong.
+ESTIMATE_TOLERANCE = 0.15
+
+
+def dit_limits_for_cards(cards: list[dict], s: dict) -> tuple:
+    """The DiT rows' resident budgets: all of bf16, all of fp8, and what the 8 GB card keeps resident."""
+    eight = next(r for r in cards if r["card_gb"] == 8)
+    resident = eight["dit_peak"] - GLYPH_BYTES - s["work_1024"]["dit_step_2_rows"]
+    return (None, None, max(int(resident), s["largest_dit_layer"]))
+
+
+def versus_estimates(cards: list[dict], s: dict, measured: list[dict]) -> list[dict]:
+    """Measured peak VRAM next to the estimate for the same model, option and size, per card of the README's
+    table; `flag` when they differ by more than ESTIMATE_TOLERANCE. The estimate counts the model's weights
+    + its working memory (vram_plan); the glyph encoder, which the DiT rows here do not load, is left out
+    of the DiT estimate. The 8 GB card's AR (nf4, bitsandbytes) is not measured here."""
+    from glmimage_core.real_size import ar_config
+    from glmimage_core.shapes import GridShape
+
+    text = ar_config().text_config
+    vision = ar_config().vision_config
+    out = []
+    by_option = {(r["model"], r["option"]): r for r in measured}
+    for card in cards:
+        ar_option = {"bf16": "default", "weight_dtype fp8_e4m3fn": "fp8_e4m3fn"}.get(card["ar"])
+        row = by_option.get(("AR", ar_option))
+        if row:
+            grid = row["grid"]
+            work = vram_plan.ar_run_bytes(text, vision, 40, GridShape(grid, grid).max_new_tokens("t2i"), 1)
+            estimate = s["ar"][card["ar"]] + work
+            out.append(_compare(card["card_gb"], "AR", card["ar"], f"{grid}x{grid} tokens", estimate,
+                                row["peak_vram_bytes"]))
+        else:
+            out.append({"card_gb": card["card_gb"], "model": "AR", "option": card["ar"], "estimate": None,
+                        "measured": None, "flag": None, "note": "not measured (bitsandbytes is not on the device)"})
+        dit_label = card["dit"]
+        option = "default" if dit_label == "bf16" else "fp8_e4m3fn"
+        if card["card_gb"] == 8:
+            row = next((r for r in measured if r["model"] == "DiT" and r.get("limit_bytes")), None)
+            estimate = (row["limit_bytes"] + s["work_1024"]["dit_step_2_rows"]) if row else None
+        else:
+            row = by_option.get(("DiT", option))
+            estimate = s["dit"][dit_label] + s["work_1024"]["dit_step_2_rows"]
+        if row:
+            out.append(_compare(card["card_gb"], "DiT", dit_label, "1024x1024, 2 guidance rows", estimate,
+                                row["peak_vram_bytes"]))
+    return out
+
+
+def _compare(card, model, option, size, estimate, peak) -> dict:
+    ratio = peak / estimate if estimate and peak else None
+    return {"card_gb": card, "model": model, "option": option, "size": size, "estimate": estimate,
+            "measured": peak, "ratio": ratio,
+            "flag": None if ratio is None else abs(ratio - 1) > ESTIMATE_TOLERANCE}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a quick CPU run (smaller speed models, no GPU part)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "memory.json"))
+    parser.add_argument("--ar-grid", type=int, default=32,
+                        help="GPU part: the AR model samples this many tokens a side (32: 1024x1024; fewer to fit a "
+                             "time budget; the comparison with the estimates uses the same size)")
+    parser.add_argument("--md", help="also write the tables as markdown to this file")
+    parser.add_argument("--no-layer-cost", action="store_true",
+                        help="skip part 5 (a CPU measurement; the GPU check leaves it out to save device time)")
     args = parser.parse_args()
     quiet_libraries()
     cuda = torch.cuda.is_available() and not args.tiny
     comfy(cuda)
     s = sizes()
     cards = card_table(s)
-    cost = layer_cost(args.tiny)
-    measured = gpu_options(torch.device("cuda")) if cuda else []
-    results = {"machine": machine(), "sizes": s, "cards": cards, "cast_layer_cost": cost, "gpu": measured}
+    cost = None if args.no_layer_cost else layer_cost(args.tiny)
+    measured = gpu_options(torch.device("cuda"), args.ar_grid, dit_limits_for_cards(cards, s)) if cuda else []
+    compared = versus_estimates(cards, s, measured) if measured else []
+    results = {"machine": machine(), "sizes": s, "cards": cards, "cast_layer_cost": cost, "gpu": measured,
+               "versus_estimates": compared, "dry_run": not cuda}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))
 
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        lines.extend(str(text).split("\n"))
+
     gb = vram_plan.gb
-    print("| model | option | on the GPU |\n|---|---|---|")
+    say("| model | option | on the GPU |\n|---|---|---|")
     for label, n in s["ar"].items():
-        print(f"| AR | {label} | {gb(n)} (+{gb(s['ar_host_bytes'])} embedding table in RAM) |")
+        say(f"| AR | {label} | {gb(n)} (+{gb(s['ar_host_bytes'])} embedding table in RAM) |")
     for label, n in s["dit"].items():
-        print(f"| DiT | {label} | {gb(n)} |")
+        say(f"| DiT | {label} | {gb(n)} |")
     work = s["work_1024"]
-    print(f"\nWorking memory at 1024x1024 (estimates): AR run {gb(work['ar'])}, DiT step with both guidance rows "
+    say(f"\nWorking memory at 1024x1024 (estimates): AR run {gb(work['ar'])}, DiT step with both guidance rows "
           f"{gb(work['dit_step_2_rows'])}, untiled VAE decode {gb(work['vae_decode'])}.")
-    print("\n| card | AR | DiT | AR stage peak | DiT stage peak | DiT streamed per step | VAE | fits |")
-    print("|---|---|---|---|---|---|---|---|")
+    say("\n| card | AR | DiT | AR stage peak | DiT stage peak | DiT streamed per step | VAE | fits |")
+    say("|---|---|---|---|---|---|---|---|")
     for r in cards:
-        print(f"| {r['card_gb']} GB ({gb(r['usable_bytes'])} usable) | {r['ar']} | {r['dit']} | {gb(r['ar_peak'])} | "
+        say(f"| {r['card_gb']} GB ({gb(r['usable_bytes'])} usable) | {r['ar']} | {r['dit']} | {gb(r['ar_peak'])} | "
               f"{gb(r['dit_peak'])} | {gb(r['dit_streamed']) if r['dit_streamed'] else '-'} | "
               f"{'tiled' if r['vae_tiled'] else 'whole'} | {'yes' if r['fits'] else 'NO'} |")
-    print(f"\nCast layers vs plain layers, resident, same weights (time ratio, 1.00 = same): AR forward "
-          f"{cost['ar_cast_vs_plain']:.3f}, DiT forward {cost['dit_cast_vs_plain']:.3f}")
+    if cost:
+        say(f"\nCast layers vs plain layers, resident, same weights (time ratio, 1.00 = same): AR forward "
+            f"{cost['ar_cast_vs_plain']:.3f}, DiT forward {cost['dit_cast_vs_plain']:.3f}")
     if measured:
-        print("\n| model | option | peak VRAM | speed |\n|---|---|---|---|")
+        say("\n| model | option | peak VRAM | speed |\n|---|---|---|---|")
         for r in measured:
             speed = f"{r['tokens_per_s']:.1f} tokens/s" if "tokens_per_s" in r else f"{r['s_per_step']:.3f} s/step"
-            print(f"| {r['model']} | {r['option']} | {gb(r['peak_vram_bytes'])} | {speed} |")
+            say(f"| {r['model']} | {r['option']} | {gb(r['peak_vram_bytes'])} | {speed} |")
     else:
-        print("\nNo CUDA GPU in this run: the VRAM peaks and speeds per option are not measured (estimates above).")
+        say("\nNo CUDA GPU in this run: the VRAM peaks and speeds per option are not measured (estimates above).")
+    if compared:
+        say("\n| card | model | option | measured at | estimate | measured peak | measured/estimate | off by > 15% |")
+        say("|---|---|---|---|---|---|---|---|")
+        for r in compared:
+            if r["measured"] is None:
+                say(f"| {r['card_gb']} GB | {r['model']} | {r['option']} | - | - | - | - | {r['note']} |")
+                continue
+            say(f"| {r['card_gb']} GB | {r['model']} | {r['option']} | {r['size']} | {gb(r['estimate'])} | "
+                f"{gb(r['measured'])} | {r['ratio']:.2f} | {'FLAG' if r['flag'] else 'no'} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
     print(f"JSON: {args.out}")
 
 

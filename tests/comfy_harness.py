@@ -157,8 +157,14 @@ class ComfyServer:
     """One ComfyUI server process with its own temporary base directory."""
 
     def __init__(self, base: Path, comfy_dir: Path = COMFYUI_DIR, link_pack: bool = True,
-                 python: str | Path | None = None) -> None:
-        """`python` runs main.py: the venv made for that ComfyUI (default: this process's Python)."""
+                 python: str | Path | None = None, device: str = "cpu") -> None:
+        """`python` runs main.py: the venv made for that ComfyUI (default: this process's Python).
+        `device`: "cpu" (the default: main.py gets --cpu, as every CPU test wants) or "gpu" (no --cpu:
+        ComfyUI picks the GPU and its own VRAM mode; the GPU check adds --lowvram or
+        --disable-dynamic-vram through start(extra_args=...))."""
+        if device not in ("cpu", "gpu"):
+            raise ComfyError(f"ComfyServer device must be 'cpu' or 'gpu', not {device!r}")
+        self.device = device
         reason = comfyui_missing_reason(comfy_dir)
         if reason:
             raise ComfyError(reason)
@@ -200,7 +206,8 @@ class ComfyServer:
 
     # --- life cycle -------------------------------------------------------
     def command(self, port: int) -> list[str]:
-        return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+        return [self.python, "main.py", *(["--cpu"] if self.device == "cpu" else []),
+                "--listen", "127.0.0.1", "--port", str(port),
                 "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
                 "--database-url", "sqlite:///:memory:"]
 

@@ -19,6 +19,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 INPROCESS_MARKER = "comfyui_inprocess"
 SERVER_MARKER = "comfyui_server"
+CUDA_MARKER = "cuda"
+#: "gpu" lets the in-process ComfyUI (comfy_pack) pick the GPU: scripts/gpu_check.py sets it for the cuda tests.
+COMFY_DEVICE = os.environ.get("GLMIMAGE_COMFY_DEVICE", "cpu")
 
 
 def _interrupt_on_sigterm(signum, frame):
@@ -36,6 +39,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", f"{SERVER_MARKER}: the test drives a real ComfyUI server (it uses the comfy_server "
                    "fixture); scripts/run_tests.sh runs these tests on ComfyUI 0.33.0 as well")
+    config.addinivalue_line(
+        "markers", f"{CUDA_MARKER}: the test checks a CUDA GPU path (tests/test_cuda.py); it skips, saying so, "
+                   "without a GPU; scripts/gpu_check.sh runs them on the device machine (-m cuda)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -81,7 +87,7 @@ def comfy_pack():
         sys.path.insert(0, str(COMFYUI_DIR))
     from comfy.cli_args import args  # what `main.py --cpu` sets before anything touches a device
 
-    args.cpu = True
+    args.cpu = COMFY_DEVICE != "gpu"  # GLMIMAGE_COMFY_DEVICE=gpu: ComfyUI picks the GPU (the cuda tests)
     name = "comfyui_glm_image_pack"
     if name in sys.modules:
         return sys.modules[name]
