@@ -60,8 +60,8 @@ def load_dec(pk, root, dtype="fp32", **kw):
 
 
 def tokens(pk, ar, prompt="a red fox <sop>4 5<eop>", seed=11, images=None, **kw):
-    inputs = pk("glmimage_core.prompting").prepare_inputs(ar.processor, prompt, images=images)
-    return pk("glmimage_core.generation").generate_tokens(ar, inputs, seed=seed, **kw)
+    inputs = pk("glmimage_core.ar_prompt").prepare_inputs(ar.processor, prompt, images=images)
+    return pk("glmimage_core.ar_generate").generate_tokens(ar, inputs, seed=seed, **kw)
 
 
 def in_codebook(ar, sequences: torch.Tensor, prompt_len: int) -> bool:
@@ -76,7 +76,7 @@ def streamed(model: torch.nn.Module) -> int:
 
 def t2i_prior(pk, batch=1, h=4, w=3, seed=0, codebook=64):
     grids = torch.randint(0, codebook, (batch, h, w), generator=torch.Generator().manual_seed(seed))
-    return pk("glmimage_core.prior").PriorTokens(grids=grids, mode="t2i", prompt=PROMPT, codebook_size=codebook)
+    return pk("glmimage_core.payloads").PriorTokens(grids=grids, mode="t2i", prompt=PROMPT, codebook_size=codebook)
 
 
 def picture(h, w, seed=3):
@@ -106,7 +106,7 @@ def test_ar_runs_on_the_gpu_with_its_embedding_table_in_ram(pk, root, dtype):
 def test_fp8_ar_stores_fp8_on_the_gpu_and_comfyui_counts_its_bytes(pk, root):
     """test_vram.py's accounting test with weight_dtype fp8_e4m3fn, on the GPU (ComfyUI's cast layers
     upcast per layer; this is the path a 16 GB card runs)."""
-    memory, vram_plan = pk("glmimage_core.memory"), pk("glmimage_core.vram_plan")
+    memory, vram_plan = pk("glmimage_core.comfy_memory"), pk("glmimage_core.vram_plan")
     ar = load_ar(pk, root, "bf16", weight_dtype="fp8_e4m3fn")
     result = tokens(pk, ar)
     patcher = memory.patcher_of(ar)
@@ -157,8 +157,8 @@ def test_compiled_gives_the_standard_tokens_in_fp32(pk, root):
 def test_batch_of_4_equals_four_single_runs(pk, root):
     """test_batching.py on the GPU: picture i of a batch is what a single run with seed + i gives."""
     ar = load_ar(pk, root)
-    inputs = pk("glmimage_core.prompting").prepare_inputs(ar.processor, "a red fox <sop>4 5<eop>")
-    generate = pk("glmimage_core.generation").generate_tokens
+    inputs = pk("glmimage_core.ar_prompt").prepare_inputs(ar.processor, "a red fox <sop>4 5<eop>")
+    generate = pk("glmimage_core.ar_generate").generate_tokens
     batch = generate(ar, inputs, seed=5, images=4)
     for i in (0, 3):
         single = generate(ar, inputs, seed=5 + i)
@@ -169,7 +169,7 @@ def test_batch_of_4_equals_four_single_runs(pk, root):
 def test_partial_load_on_the_gpu_gives_the_tokens_of_a_full_load(pk, root):
     """test_vram.py's partial-load test on the GPU: a budget a quarter of the model; ComfyUI streams the
     rest from RAM per forward (real host-to-device copies here), same tokens, t2i and i2i."""
-    memory = pk("glmimage_core.memory")
+    memory = pk("glmimage_core.comfy_memory")
     ar = load_ar(pk, root)
     full = tokens(pk, ar)
     patcher = memory.patcher_of(ar)
@@ -194,7 +194,7 @@ def bundle(pk, root):
 
 @pytest.fixture(scope="module")
 def native(pk, bundle):
-    nm, vae = pk("glmimage_comfy.native_model"), pk("glmimage_comfy.vae")
+    nm, vae = pk("glmimage_comfy.native_patcher"), pk("glmimage_comfy.vae")
     return nm.native_model(bundle.dit, lambda: vae.preview_factors(bundle.vae_model)), vae.comfy_vae(bundle.vae_model)
 
 
@@ -206,7 +206,7 @@ def test_decode_on_the_gpu_matches_diffusers(pk, root, bundle):
     pipe = GlmImagePipeline.from_pretrained(root, torch_dtype=torch.float32, local_files_only=True).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     prior = t2i_prior(pk)
-    ours = pk("glmimage_core.decoding").decode_prior(bundle, prior, steps=3, guidance=1.5, seed=7)
+    ours = pk("glmimage_core.dit_sampling").decode_prior(bundle, prior, steps=3, guidance=1.5, seed=7)
     ref = pipe(prompt=prior.prompt, height=prior.height, width=prior.width, prior_token_ids=prior.d16().to(DEVICE),
                num_inference_steps=3, guidance_scale=1.5, generator=torch.Generator().manual_seed(7),
                output_type="pt").images.permute(0, 2, 3, 1).cpu()
@@ -218,7 +218,7 @@ def test_decode_on_the_gpu_matches_diffusers(pk, root, bundle):
 def test_decoder_in_each_storage_dtype_renders_finite_pixels(pk, root, dtype, weight_dtype):
     """test_decoding.py's bf16 test, per storage dtype on the GPU (fp8: ComfyUI's cast layers)."""
     dec = load_dec(pk, root, dtype, weight_dtype=weight_dtype)
-    image = pk("glmimage_core.decoding").decode_prior(dec, t2i_prior(pk), steps=3, guidance=1.5, seed=1)
+    image = pk("glmimage_core.dit_sampling").decode_prior(dec, t2i_prior(pk), steps=3, guidance=1.5, seed=1)
     assert image.shape == (1, 128, 96, 3) and torch.isfinite(image).all()
     assert 0 <= float(image.min()) and float(image.max()) <= 1 and float(image.std()) > 0.01
     if weight_dtype != "default":
@@ -228,12 +228,12 @@ def test_decoder_in_each_storage_dtype_renders_finite_pixels(pk, root, dtype, we
 @pytest.mark.parametrize("mode", ["t2i", "i2i"])
 def test_batched_guidance_gives_the_sequential_pixels(pk, bundle, mode):
     """test_native.py's batched-guidance test on the GPU (tolerance 1e-4: GEMMs of another batch size)."""
-    decoding = pk("glmimage_core.decoding")
+    decoding = pk("glmimage_core.dit_sampling")
     prior = t2i_prior(pk, batch=2)
     sources = None
     if mode == "i2i":
         source = torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(2))
-        prior = pk("glmimage_core.prior").PriorTokens(grids=prior.grids, mode="i2i", prompt='make "it" red',
+        prior = pk("glmimage_core.payloads").PriorTokens(grids=prior.grids, mode="i2i", prompt='make "it" red',
                                                       codebook_size=64, source_grids=[source])
         sources = [picture(64, 96)]
     runs = {b: decoding.decode_prior(bundle, prior, steps=4, guidance=1.5, seed=2, source_images=sources,
@@ -264,7 +264,7 @@ def test_lora_through_comfyuis_loader_on_the_gpu_equals_the_weights_merged_by_ha
         layer = merged.transformer.get_submodule(name)
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
         layer.weight.data += strength * delta.to(layer.weight.device)
-    merged_model = pk("glmimage_comfy.native_model").native_model(merged)
+    merged_model = pk("glmimage_comfy.native_patcher").native_model(merged)
     prior = t2i_prior(pk, seed=8)
 
     def run(m):
@@ -284,7 +284,7 @@ def test_lora_through_comfyuis_loader_on_the_gpu_equals_the_weights_merged_by_ha
 
 def test_streamed_dit_on_the_gpu_gives_the_pixels_of_a_full_load(pk, bundle, native):
     """test_native.py's streamed-DiT test on the GPU: a budget a fifth of the DiT, real copies per layer."""
-    sampling = pk("glmimage_comfy.sampling")
+    sampling = pk("glmimage_comfy.decode_node")
     model, _ = native
     prior = t2i_prior(pk, seed=4)
     full = sampling.decode_with_comfy(bundle, prior, None, 4, 1.5, 3)
@@ -293,14 +293,13 @@ def test_streamed_dit_on_the_gpu_gives_the_pixels_of_a_full_load(pk, bundle, nat
     assert model.loaded_size() <= budget < model.model_size()
     assert streamed(bundle.transformer) > 10
     assert torch.equal(part, full)
-    pk("glmimage_comfy.native_model").set_vram_limit(model, None)
 
 
 def test_tiled_vae_decode_on_the_gpu(pk, bundle, native):
     """test_native.py's VAE test on the GPU: one tile = the untiled picture; several tiles run."""
     _, vae = native
-    latents = torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(4))
-    decoding = pk("glmimage_core.decoding")
+    latents = torch.randn(1, 16, 24, 20, generator=torch.Generator().manual_seed(4))
+    decoding = pk("glmimage_core.dit_sampling")
     core = decoding.decode_latents(bundle.vae_model, latents, tiled=False)
     tiled = decoding.decode_latents(bundle.vae_model, latents, tiled=True)
     assert tiled.shape == core.shape and torch.isfinite(tiled).all()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.comfy_harness import ComfyError, ComfyServer  # at import: a ComfyUI tree on sys.path has a 'tests' too
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
@@ -138,7 +140,6 @@ def test_pytest_summary_and_skip_reasons_are_read_from_the_log():
 
 
 def test_server_command_has_cpu_only_for_the_cpu(tmp_path):
-    from tests.comfy_harness import ComfyError, ComfyServer
 
     comfy = tmp_path / "comfy"
     comfy.mkdir()
