@@ -121,3 +121,21 @@ def build_tiny_full_hub_layout(root: str | Path, seed: int = 0, codebook: int = 
     root = build_tiny_hub_layout(root, seed=seed, codebook=codebook)
     build_tiny_decoder(root, codebook=codebook, seed=seed)
     return root
+
+
+def random_lora(transformer_dir: str | Path, layers: tuple[str, ...] = ("transformer_blocks.0.attn1.to_q",
+                                                                         "transformer_blocks.0.ff.net.2"),
+                rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA with random weights for the DiT saved in `transformer_dir` (the tiny one the tests build), in
+    diffusers/PEFT names without the 'transformer.' prefix: `<layer>.lora_A.weight` [rank, in] and
+    `<layer>.lora_B.weight` [out, rank] for each of `layers`. The LoRA tests write it in the layout they test."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(transformer_dir) / "diffusion_pytorch_model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name in layers:
+        out_features, in_features = weights[f"{name}.weight"].shape
+        lora[f"{name}.lora_A.weight"] = torch.randn(rank, in_features, generator=g)
+        lora[f"{name}.lora_B.weight"] = torch.randn(out_features, rank, generator=g)
+    return lora

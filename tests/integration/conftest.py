@@ -30,17 +30,11 @@ def write_peft_lora(loras: Path, transformer: Path) -> None:
     """The LoRA file as diffusers 0.42.1 writes it (LoraBaseMixin._save_lora_weights: weights prefixed
     'transformer.', r and lora_alpha as JSON in the metadata 'lora_adapter_metadata'), so that the LoRA
     loader nodes have a real file to list and apply."""
-    import torch
     from diffusers.loaders.lora_base import LoraBaseMixin
-    from safetensors.torch import load_file
 
-    weights = load_file(str(transformer / "diffusion_pytorch_model.safetensors"))
-    g = torch.Generator().manual_seed(1)
-    layers = {}
-    for name in ("transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"):
-        out_features, in_features = weights[f"{name}.weight"].shape
-        layers[f"{name}.lora_A.weight"] = torch.randn(4, in_features, generator=g)
-        layers[f"{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=g)
+    from glmimage_core.demo_decoder import random_lora
+
+    layers = random_lora(transformer, ("transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"), seed=1)
     loras.mkdir(parents=True, exist_ok=True)
     LoraBaseMixin._save_lora_weights(save_directory=str(loras), lora_layers={"transformer": layers},
                                      lora_metadata={"transformer": {"r": 4, "lora_alpha": 8}},

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.comfy_harness import node_id, workflow_to_api_prompt
@@ -54,18 +53,14 @@ def _small(prompt: dict) -> dict:
 
 
 def test_lora_loader_model_only_applies_a_glm_image_dit_lora(comfy_server, prompt):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from glmimage_core.demo_decoder import random_lora
 
     prompt = _small(prompt)
     plain = final_pixels(comfy_server, comfy_server.run(prompt))
-    weights = load_file(str(comfy_server.model_path(FULL_MODEL_NAME) / "transformer" /
-                            "diffusion_pytorch_model.safetensors"))
-    g = torch.Generator().manual_seed(0)
-    lora = {}
-    for name in ("transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2"):
-        out_features, in_features = weights[f"{name}.weight"].shape
-        lora[f"transformer.{name}.lora_A.weight"] = torch.randn(4, in_features, generator=g)
-        lora[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=g)
+    transformer = comfy_server.model_path(FULL_MODEL_NAME) / "transformer"
+    lora = {f"transformer.{key}": value for key, value in random_lora(transformer).items()}
     loras = comfy_server.base / "models" / "loras"
     loras.mkdir(parents=True, exist_ok=True)
     save_file(lora, str(loras / "glm_image_test_lora.safetensors"))

@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.comfy_harness import ComfyError, node_id, workflow_to_api_prompt
@@ -176,18 +175,15 @@ def test_other_samplers_and_guiders_give_ksamplers_picture(comfy_server, base, i
 
 def _tiny_lora(server) -> None:
     """A rank-4 diffusers-style LoRA on two of the tiny DiT's layers (as test_native_server's)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from glmimage_core.demo_decoder import random_lora
 
     path = server.base / "models" / "loras" / LORA_NAME
     if path.is_file():
         return
-    weights = load_file(str(server.model_path(FULL_MODEL_NAME) / "transformer" / "diffusion_pytorch_model.safetensors"))
-    g = torch.Generator().manual_seed(0)
-    lora = {}
-    for name in ("transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2"):
-        out_features, in_features = weights[f"{name}.weight"].shape
-        lora[f"transformer.{name}.lora_A.weight"] = torch.randn(4, in_features, generator=g)
-        lora[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=g)
+    transformer = server.model_path(FULL_MODEL_NAME) / "transformer"
+    lora = {f"transformer.{key}": value for key, value in random_lora(transformer).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(lora, str(path))
 
