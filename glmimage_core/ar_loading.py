@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import vram_plan
-from .cast_layers import keep_embeddings_on_host, make_castable, resolve_weight_dtype, weight_dtype_in
+from .cast_layers import keep_embeddings_on_host, make_castable, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .comfy_memory import comfy_ops, forget
@@ -136,11 +136,7 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     """
     if attention not in ATTENTION_CHOICES:
         raise GlmImageInputError(f"attention {attention!r} is not one of {ATTENTION_CHOICES}")
-    fp8_dtype = resolve_weight_dtype(weight_dtype)
-    if fp8_dtype is not None and quantization != "none":
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} and quantization {quantization} both shrink the "
-                                 "weights: choose one (quantization none, or weight_dtype default)")
-    weight_dtype_in(weight_dtype, comfy_ops() is not None)
+    weight_dtype_in(weight_dtype, comfy_ops() is not None, quantization)
     path = resolve_model_path(model)
     target = torch_device(device)
     if _is_hub_id(path) and not Path(path).exists():
@@ -208,7 +204,7 @@ def prepare_ar_model(model: torch.nn.Module, processor, path: str, dtype: torch.
     if ops is not None:
         keep_embeddings_on_host(model, list(vram_plan.AR_HOST_EMBEDDINGS))
         if quantization == "none":  # bitsandbytes layers are neither castable nor movable
-            make_castable(model, ops.disable_weight_init, resolve_weight_dtype(weight_dtype),
+            make_castable(model, ops.disable_weight_init, weight_dtype_in(weight_dtype, True, quantization),
                           keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP),
                           fp8_operations=ops.manual_cast)
             pinned = _pinned_modules(model)

@@ -56,10 +56,15 @@ def resolve_weight_dtype(choice: str) -> torch.dtype | None:
     return dtype
 
 
-def weight_dtype_in(weight_dtype: str, in_comfy: bool) -> torch.dtype | None:
-    """`weight_dtype` parsed (`resolve_weight_dtype`), and refused outside ComfyUI when it stores fp8 weights:
-    those need ComfyUI's cast layers (the AR loader and the DiT loader share this check)."""
+def weight_dtype_in(weight_dtype: str, in_comfy: bool, quantization: str = "none") -> torch.dtype | None:
+    """`weight_dtype` parsed (`resolve_weight_dtype`) and checked, the one place the loaders turn it into a
+    storage dtype: refused next to a bitsandbytes `quantization` (both shrink the weights) and outside ComfyUI
+    when it stores fp8 weights (those need ComfyUI's cast layers). The AR and DiT loaders call it before
+    loading anything and again when they make the layers castable (`prepare_*`, also the benchmarks' entry)."""
     fp8_dtype = resolve_weight_dtype(weight_dtype)
+    if fp8_dtype is not None and quantization != "none":
+        raise GlmImageInputError(f"weight_dtype {weight_dtype} and quantization {quantization} both shrink the "
+                                 "weights: choose one (quantization none, or weight_dtype default)")
     if fp8_dtype is not None and not in_comfy:
         raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
                                  "ComfyUI only; choose weight_dtype default here")

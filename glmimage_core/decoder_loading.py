@@ -36,7 +36,7 @@ from typing import Mapping
 import torch
 
 from . import vram_plan
-from .cast_layers import make_castable, resolve_weight_dtype, weight_dtype_in
+from .cast_layers import make_castable, weight_dtype_in
 from .dtypes import resolve_dtype
 from .errors import GlmImageInputError
 from .comfy_memory import comfy_ops, forget
@@ -246,7 +246,7 @@ def prepare_dit(dit: torch.nn.Module, path: str, dtype: torch.dtype, device: tor
 
     Separate from loading so that benchmarks can prepare DiTs built in place with random weights."""
     inventory = vram_plan.inventory(dit, vram_plan.classify_dit, dtype)
-    _prepare(dit, device, resolve_weight_dtype(weight_dtype),
+    _prepare(dit, device, weight_dtype_in(weight_dtype, comfy_ops() is not None),
              lambda name: vram_plan.name_matches(name, vram_plan.DIT_FP8_KEEP))
     return DiTModel(transformer=dit, path=path, dtype=dtype, device=device, scheduler_config=dict(scheduler_config),
                     latent_stats=latent_stats_of(vae_config, path),

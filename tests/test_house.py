@@ -36,3 +36,12 @@ def test_one_safetensors_header_reader_and_one_pixels_per_token():
     assert readers == ["weight_files.py"], readers
     defined = [name for name, text in core.items() if re.search(r"^PIXELS_PER_TOKEN\s*=", text, re.M)]
     assert len(defined) == 1, defined
+
+
+def test_weight_dtype_is_turned_into_a_dtype_in_one_place():
+    """The loaders turn `weight_dtype` into a storage dtype (with its checks) through cast_layers.weight_dtype_in
+    only: no module parses or checks it on its own."""
+    users = [str(path.relative_to(REPO)) for folder in ("glmimage_core", "glmimage_comfy", "nodes")
+             for path in (REPO / folder).glob("*.py")
+             if "resolve_weight_dtype(" in path.read_text(encoding="utf-8") and path.name != "cast_layers.py"]
+    assert not users, users
