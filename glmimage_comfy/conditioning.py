@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from ..glmimage_core.decode_inputs import validate
-from ..glmimage_core.dit_sampling import encode_glyphs, image_seq_len, shift_for
+from ..glmimage_core.dit_sampling import encode_glyphs
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids
-from .flow_sampling import (GlmImageModelSampling, linear_shift_of, require_flow_sampling, sampling_node_name,
-                            with_shift_for)
+from .flow_sampling import (GlmImageModelSampling, glm_shift, linear_shift_of, require_flow_sampling,
+                            sampling_node_name, with_shift_for)
 from .native_model import GlmImageModel, SourceImages
 
 
@@ -85,7 +85,7 @@ def _scheduled(model_patcher, dit: DiTModel, height: int, width: int):
     if isinstance(sampling, GlmImageModelSampling):
         return with_shift_for(model_patcher, height, width), None
     require_flow_sampling(sampling)
-    mu = shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
+    mu = glm_shift(dit, height, width)
     theirs = linear_shift_of(sampling)
     shift = f" (linear shift {theirs:.4g})" if theirs is not None else ""
     return model_patcher, (f"model: keeping the schedule of {sampling_node_name(sampling)}{shift} placed before this "

@@ -109,6 +109,11 @@ def linear_shift_of(sampling) -> float | None:
     return float(shift)
 
 
+def glm_shift(dit: DiTModel, height: int, width: int) -> float:
+    """GLM-Image's own shift (mu) for a `width` x `height` px picture: the one the pipeline uses."""
+    return shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
+
+
 def latent_shift(dit: DiTModel, latent: torch.Tensor) -> float:
     """GLM-Image's mu for a latent's picture size (DiT patches of its last two dims)."""
     patch = dit.patch_size
@@ -131,12 +136,11 @@ def with_shift_for(model_patcher, height: int, width: int):
     model sampling it had; conditioning.build_conditioning keeps a stock node's instead)."""
     model = model_patcher.model
     dit: DiTModel = model.dit
-    shift = shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
     clone = model_patcher.clone()
-    clone.add_object_patch("model_sampling", model_sampling_for(model.model_config, shift))
+    clone.add_object_patch("model_sampling", model_sampling_for(model.model_config, glm_shift(dit, height, width)))
     return clone
 
 
 __all__ = ["GlmImageModelSampling", "model_sampling_for", "require_flow_sampling", "timestep_scale",
-           "linear_shift_of", "sampling_node_name", "dit_timestep", "dit_timestep_for", "with_shift_for",
+           "linear_shift_of", "sampling_node_name", "glm_shift", "dit_timestep", "dit_timestep_for", "with_shift_for",
            "unshifted_sigma"]

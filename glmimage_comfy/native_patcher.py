@@ -21,8 +21,8 @@ import comfy.patcher_extension
 
 from ..glmimage_core import decoder_loading, vram_plan
 from ..glmimage_core.comfy_memory import adopt, limit_resident, new_patcher, patcher_of
-from ..glmimage_core.dit_sampling import image_seq_len, shift_for
 from ..glmimage_core.payloads import DiTModel
+from .flow_sampling import glm_shift
 from .native_model import GlmImageLatentFormat, GlmImageModel, GlmImageModelConfig
 
 log = logging.getLogger("GLM-Image")
@@ -65,8 +65,8 @@ def native_model(dit: DiTModel, preview_factors=None):
 
 def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
     fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
-    shift = shift_for(dit.scheduler_config, image_seq_len(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX))
-    config = GlmImageModelConfig(fmt, shift, dit.dtype if dit.weight_dtype != "default" else None)
+    config = GlmImageModelConfig(fmt, glm_shift(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX),
+                                 dit.dtype if dit.weight_dtype != "default" else None)
     model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
     patcher = new_patcher(model, dit.device, comfy.model_management.unet_offload_device(), disable_dynamic)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, _clear_source_kv)
