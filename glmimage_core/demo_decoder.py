@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -123,19 +124,24 @@ def build_tiny_full_hub_layout(root: str | Path, seed: int = 0, codebook: int = 
     return root
 
 
-def random_lora(transformer_dir: str | Path, layers: tuple[str, ...] = ("transformer_blocks.0.attn1.to_q",
-                                                                         "transformer_blocks.0.ff.net.2"),
-                rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A LoRA with random weights for the DiT saved in `transformer_dir` (the tiny one the tests build), in
-    diffusers/PEFT names without the 'transformer.' prefix: `<layer>.lora_A.weight` [rank, in] and
-    `<layer>.lora_B.weight` [out, rank] for each of `layers`. The LoRA tests write it in the layout they test."""
-    from safetensors.torch import load_file
+def random_lora(transformer: str | Path | torch.nn.Module,
+                layers: Sequence[str] = ("transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2"),
+                rank: int = 4, seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A LoRA with random weights (times `scale`) for a DiT, the tiny one the tests build: given as its saved
+    `transformer/` folder or as the loaded module. In diffusers/PEFT names without the 'transformer.' prefix:
+    `<layer>.lora_A.weight` [rank, in] and `<layer>.lora_B.weight` [out, rank] for each of `layers`; the LoRA
+    tests write it in the layout they test."""
+    if isinstance(transformer, torch.nn.Module):
+        shapes = {name: transformer.get_submodule(name).weight.shape for name in layers}
+    else:
+        from safetensors.torch import load_file
 
-    weights = load_file(str(Path(transformer_dir) / "diffusion_pytorch_model.safetensors"))
+        weights = load_file(str(Path(transformer) / "diffusion_pytorch_model.safetensors"))
+        shapes = {name: weights[f"{name}.weight"].shape for name in layers}
     g = torch.Generator().manual_seed(seed)
     lora = {}
     for name in layers:
-        out_features, in_features = weights[f"{name}.weight"].shape
-        lora[f"{name}.lora_A.weight"] = torch.randn(rank, in_features, generator=g)
-        lora[f"{name}.lora_B.weight"] = torch.randn(out_features, rank, generator=g)
+        out_features, in_features = shapes[name]
+        lora[f"{name}.lora_A.weight"] = torch.randn(rank, in_features, generator=g) * scale
+        lora[f"{name}.lora_B.weight"] = torch.randn(out_features, rank, generator=g) * scale
     return lora

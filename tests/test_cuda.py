@@ -15,20 +15,15 @@ import copy
 import dataclasses
 import importlib
 import importlib.util
-import os
 import threading
 
 import pytest
 import torch
 
-ON_CPU = os.environ.get("GLMIMAGE_CUDA_TESTS_ON_CPU") == "1"
-CUDA = torch.cuda.is_available()
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not CUDA and not ON_CPU, reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on the "
-                                                       "device machine; GLMIMAGE_CUDA_TESTS_ON_CPU=1 to dry-run)"),
-]
-DEVICE = "cpu" if ON_CPU or not CUDA else "cuda"
+from glmimage_core.demo_decoder import random_lora
+from tests.cuda_marks import CUDA_ONLY, DEVICE
+
+pytestmark = CUDA_ONLY
 PROMPT = 'A shop sign that says "OPEN"'
 
 
@@ -248,14 +243,10 @@ def test_lora_through_comfyuis_loader_on_the_gpu_equals_the_weights_merged_by_ha
     from safetensors.torch import save_file
 
     model, vae = native
-    g = torch.Generator().manual_seed(0)
-    rank, strength = 4, 0.8
+    strength = 0.8
     targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
-    lora = {}
-    for name in targets:
-        weight = bundle.transformer.get_submodule(name).weight
-        lora[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.2
-        lora[f"transformer.{name}.lora_B.weight"] = torch.randn(weight.shape[0], rank, generator=g) * 0.2
+    lora = {f"transformer.{key}": value for key, value in
+            random_lora(bundle.transformer, targets, scale=0.2).items()}
     save_file(lora, str(tmp_path / "glm_lora.safetensors"))
     loaded = comfy.utils.load_torch_file(str(tmp_path / "glm_lora.safetensors"))
     with_lora, _ = comfy.sd.load_lora_for_models(model, None, loaded, strength, 0)

@@ -22,6 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+from glmimage_core.demo_decoder import random_lora
+
 TOL = 1e-4
 PROMPT = 'A shop sign that says "OPEN" and \u201ctiny\u201d in red'
 
@@ -303,25 +305,16 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
     from safetensors.torch import save_file
 
     model, vae = native
-    g = torch.Generator().manual_seed(0)
-    rank, strength = 4, 0.8
+    strength = 0.8
     targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
-    lora = {}
-    for name in targets:
-        weight = bundle.transformer.get_submodule(name).weight
-        lora[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.2
-        lora[f"transformer.{name}.lora_B.weight"] = torch.randn(weight.shape[0], rank, generator=g) * 0.2
+    lora = {f"transformer.{key}": value for key, value in
+            random_lora(bundle.transformer, targets, scale=0.2).items()}
     save_file(lora, str(tmp_path / "glm_lora.safetensors"))
     loaded = comfy.utils.load_torch_file(str(tmp_path / "glm_lora.safetensors"))
     with_lora, _ = comfy.sd.load_lora_for_models(model, None, loaded, strength, 0)  # what LoraLoaderModelOnly does
     assert len(with_lora.patches) == len(targets)
 
-    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.transformer), lock=threading.Lock())
-    for name in targets:
-        layer = merged.transformer.get_submodule(name)
-        delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
-        layer.weight.data += strength * delta
-    merged_model = pk("glmimage_comfy.native_patcher").native_model(merged)
+    merged_model = merged_by_hand(pk, bundle, lora, {name: strength for name in targets})
     prior = t2i_prior(pk, batch=1, seed=8)
     ours = ksampler(pk, with_lora, vae, bundle.glyph, prior, 6, 1.5, seed=2)
     by_hand = ksampler(pk, merged_model, vae, bundle.glyph, prior, 6, 1.5, seed=2)
@@ -358,12 +351,7 @@ def write_diffusers_lora(bundle, folder, file_name: str, targets: list[str], ran
     adapter settings both prefixed 'transformer.', the settings as JSON in 'lora_adapter_metadata')."""
     from diffusers.loaders.lora_base import LoraBaseMixin
 
-    g = torch.Generator().manual_seed(len(file_name))
-    layers = {}
-    for name in targets:
-        weight = bundle.transformer.get_submodule(name).weight
-        layers[f"{name}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.2
-        layers[f"{name}.lora_B.weight"] = torch.randn(weight.shape[0], rank, generator=g) * 0.2
+    layers = random_lora(bundle.transformer, targets, rank, seed=len(file_name), scale=0.2)
     LoraBaseMixin._save_lora_weights(save_directory=str(folder), lora_layers={"transformer": layers},
                                      lora_metadata={"transformer": {"r": rank, **config}}, weight_name=file_name)
     return {f"transformer.{key}": value for key, value in layers.items()}

@@ -13,24 +13,17 @@ the same on the CPU (--cpu), for the GPU check's dry run.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.comfy_harness import ComfyError, ComfyServer, comfyui_dir, workflow_to_api_prompt
+from tests.cuda_marks import CUDA_ONLY, DEVICE
 
-ON_CPU = os.environ.get("GLMIMAGE_CUDA_TESTS_ON_CPU") == "1"
-CUDA = torch.cuda.is_available()
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not CUDA and not ON_CPU, reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on the "
-                                                       "device machine; GLMIMAGE_CUDA_TESTS_ON_CPU=1 to dry-run)"),
-]
+pytestmark = CUDA_ONLY
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 MODES = {"dynamic": [], "static": ["--disable-dynamic-vram"], "lowvram-fp8": ["--lowvram"]}
 
@@ -40,7 +33,7 @@ def gpu_server(request, tmp_path_factory):
     from glmimage_core.demo_decoder import build_tiny_full_hub_layout
 
     mode = request.param
-    device = "cpu" if ON_CPU or not CUDA else "gpu"
+    device = "gpu" if DEVICE == "cuda" else "cpu"
     server = ComfyServer(tmp_path_factory.mktemp(f"gpu-{mode}"), comfy_dir=comfyui_dir(), python=sys.executable,
                          device=device)
     flags = [f for f in MODES[mode] if device == "gpu" or f != "--lowvram"]  # main.py refuses --cpu with --lowvram
@@ -81,5 +74,5 @@ def test_example_workflow_runs_on_the_gpu(gpu_server, workflow):
             assert picture.size[0] >= 32 and picture.size[1] >= 32
             assert np.asarray(picture.convert("RGB")).std() > 1  # not a blank picture
     log = server.log_path.read_text(errors="replace")
-    if not (ON_CPU or not CUDA):
+    if DEVICE == "cuda":
         assert "Device: cuda" in log, log[-3000:]
