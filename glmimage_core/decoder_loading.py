@@ -229,15 +229,19 @@ def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weig
     latent_stats_of(vae_config, str(folders.vae))  # not GLM-Image's VAE: say so before loading 13 GB
     scheduler_config = _read_config(folders.scheduler, "scheduler")
 
-    def load() -> DiTModel:
-        from diffusers import GlmImageTransformer2DModel
-
-        dit = _guarded("transformer", folders.transformer, lambda: GlmImageTransformer2DModel.from_pretrained(
-            folders.transformer, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
-        return prepare_dit(dit, str(folders.transformer), dtype, device, scheduler_config, vae_config, weight_dtype)
-
     return _part("transformer", folders.transformer, (dtype, str(device), weight_dtype, str(folders.vae),
-                                                      str(folders.scheduler)), load)
+                                                      str(folders.scheduler)),
+                 lambda: _read_dit(folders.transformer, dtype, device, scheduler_config, vae_config, weight_dtype))
+
+
+def _read_dit(folder: Path, dtype: torch.dtype, device: torch.device, scheduler_config: dict, vae_config,
+              weight_dtype: str) -> DiTModel:
+    """The DiT read from its `transformer/` folder and prepared: for the cache and for fresh copies alike."""
+    from diffusers import GlmImageTransformer2DModel
+
+    dit = _guarded("transformer", folder, lambda: GlmImageTransformer2DModel.from_pretrained(
+        folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
+    return prepare_dit(dit, str(folder), dtype, device, scheduler_config, vae_config, weight_dtype)
 
 
 def prepare_dit(dit: torch.nn.Module, path: str, dtype: torch.dtype, device: torch.device, scheduler_config: dict,
@@ -256,17 +260,19 @@ def prepare_dit(dit: torch.nn.Module, path: str, dtype: torch.dtype, device: tor
 
 def _vae(folder: Path, dtype: torch.dtype, device: torch.device) -> VAEModel:
     vae_dtype = vae_dtype_for(dtype)
+    return _part("vae", folder, (vae_dtype, str(device)), lambda: _read_vae(folder, vae_dtype, device))
 
-    def load() -> VAEModel:
-        from diffusers import AutoencoderKL
 
-        vae_model = _guarded("vae", folder, lambda: AutoencoderKL.from_pretrained(
-            folder, torch_dtype=vae_dtype, local_files_only=True, use_safetensors=True))
-        latent_stats_of(vae_model.config, str(folder))
-        _prepare(vae_model, device)
-        return VAEModel(vae=vae_model, path=str(folder), dtype=vae_dtype, device=device)
+def _read_vae(folder: Path, vae_dtype: torch.dtype, device: torch.device) -> VAEModel:
+    """The VAE read from its `vae/` folder (checked to be GLM-Image's) and prepared: for the cache and for fresh
+    copies alike."""
+    from diffusers import AutoencoderKL
 
-    return _part("vae", folder, (vae_dtype, str(device)), load)
+    vae_model = _guarded("vae", folder, lambda: AutoencoderKL.from_pretrained(
+        folder, torch_dtype=vae_dtype, local_files_only=True, use_safetensors=True))
+    latent_stats_of(vae_model.config, str(folder))
+    _prepare(vae_model, device)
+    return VAEModel(vae=vae_model, path=str(folder), dtype=vae_dtype, device=device)
 
 
 def _glyph(folders: DecoderFolders, dtype: torch.dtype, device: torch.device) -> GlyphEncoder:
@@ -315,26 +321,16 @@ def fresh_dit(path: str, dtype: torch.dtype, device: str, weight_dtype: str, sch
     ComfyUI's deep clones (a MODEL's `cached_patcher_init`: multi-GPU copies, the training node,
     the dynamic-VRAM fallback) need a copy that shares no tensor with the cached DiT; the other
     settings are the cached DiT's own values, so the copy computes exactly what it does."""
-    from diffusers import GlmImageTransformer2DModel
-
     folder = Path(path)
     check_safetensors(folder, "transformer")
-    transformer = _guarded("transformer", folder, lambda: GlmImageTransformer2DModel.from_pretrained(
-        folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
     stats = {"latents_mean": list(latent_stats.mean), "latents_std": list(latent_stats.std)}
-    dit = prepare_dit(transformer, str(folder), dtype, torch.device(device), scheduler_config, stats, weight_dtype)
+    dit = _read_dit(folder, dtype, torch.device(device), scheduler_config, stats, weight_dtype)
     dit.vae_scale_factor = int(vae_scale_factor)
     return dit
 
 
 def fresh_vae(path: str, dtype: torch.dtype, device: str) -> VAEModel:
     """A new copy of a VAE read again from its `vae/` folder, outside the cache (see `fresh_dit`)."""
-    from diffusers import AutoencoderKL
-
     folder = Path(path)
     check_safetensors(folder, "vae")
-    vae = _guarded("vae", folder, lambda: AutoencoderKL.from_pretrained(
-        folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
-    latent_stats_of(vae.config, str(folder))
-    _prepare(vae, torch.device(device))
-    return VAEModel(vae=vae, path=str(folder), dtype=dtype, device=torch.device(device))
+    return _read_vae(folder, dtype, torch.device(device))
