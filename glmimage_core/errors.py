@@ -7,3 +7,8 @@ input that was wrong and says what would be right.
 
 class GlmImageInputError(ValueError):
     """Bad input from the user: a wrong shape, a broken model folder, an empty image..."""
+
+
+class GlmImageServerError(RuntimeError):
+    """The AR server (python -m glmimage_serve) could not be reached, refused the request or failed
+    while serving it. The message names the server's URL and what to do."""

@@ -140,6 +140,13 @@ class ARModel:
     def image_end_id(self) -> int:
         return int(self.config.image_end_token_id)
 
+    def identity(self) -> dict:
+        """What tells this model's vocabulary apart (an AR server's info answers the same keys)."""
+        config = self.config
+        return {"model_type": config.model_type, "vocab_size": int(config.text_config.vocab_size),
+                "codebook_size": self.codebook_size, "image_token_id": int(config.image_token_id),
+                "image_start_token_id": self.image_start_id, "image_end_token_id": self.image_end_id}
+
 
 @dataclass
 class GlmImageInputs:
@@ -150,6 +157,9 @@ class GlmImageInputs:
     mode: str  # "t2i" or "i2i"
     model_inputs: dict[str, torch.Tensor]
     sources: list[SourceImage] = field(default_factory=list)
+    #: `ARModel.identity()` of the model whose processor made these inputs (the prompt node sets it), so
+    #: that an AR server serving another model is refused; None when unknown.
+    model_identity: dict | None = None
 
     @property
     def source_grids(self) -> list[tuple[int, int]]:
@@ -176,6 +186,9 @@ class GeneratedTokens:
     # [codebook_size, 3] colours from the sampling model's codebook (token_preview.model_palette), for
     # the preview node; None when the model's codebook could not be read (then: fixed hues).
     palette: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # [N, generated_length] log-probability of each sampled id, when the AR server was asked for it
+    # (ar/remote.py, logprobs=0; NaN past a row's end); None otherwise. In memory only, like the palette.
+    logprobs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------- decoder

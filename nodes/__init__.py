@@ -8,6 +8,7 @@ from .conditioning import GLMImageConditioning, GLMImageScheduler
 from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
+from .generate_server import GLMImageGenerateTokensServer
 from .loader import GLMImageARLoader
 from .lora import GLMImageLoraLoader
 from .native_loaders import GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageVAELoader
@@ -21,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageShape,
     GLMImagePrompt,
     GLMImageGenerateTokens,
+    GLMImageGenerateTokensServer,
     GLMImageExtractTokens,
     GLMImagePreviewTokens,
     GLMImageSaveTokens,

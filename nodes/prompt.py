@@ -41,4 +41,6 @@ class GLMImagePrompt(io.ComfyNode):
             images += split_batch(image, "image")
         if image_2 is not None:
             images += split_batch(image_2, "image_2")
-        return io.NodeOutput(prepare_inputs(ar_model.processor, prompt, shape=shape, images=images))
+        inputs = prepare_inputs(ar_model.processor, prompt, shape=shape, images=images)
+        inputs.model_identity = ar_model.identity()  # checked by the server node against what the server serves
+        return io.NodeOutput(inputs)

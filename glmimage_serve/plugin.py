@@ -1,0 +1,18 @@
+"""Entry point `vllm_omni.general_plugins: glmimage_serve = glmimage_serve.plugin:register`.
+
+vLLM-Omni loads this group in every one of its processes (API front, orchestrator, engine cores,
+workers); no flag names a pipeline module, so the registration must come through here.
+scripts/setup_vllm.sh installs the entry point (a bare dist-info next to a .pth to the repo).
+"""
+
+
+def register() -> None:
+    from vllm import ModelRegistry
+    from vllm_omni.config.pipeline_registry import OMNI_PIPELINES, register_pipeline
+
+    from .pipeline import GLM_IMAGE_AR_ONLY, PIPELINE_KEY, SERVE_ARCH
+
+    if PIPELINE_KEY not in OMNI_PIPELINES:
+        register_pipeline(GLM_IMAGE_AR_ONLY)
+    if SERVE_ARCH not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(SERVE_ARCH, "glmimage_serve.model:GlmImageARForServing")
