@@ -9,10 +9,13 @@ scripts/setup_vllm.sh installs the entry point (a bare dist-info next to a .pth 
 def register() -> None:
     from vllm import ModelRegistry
     from vllm_omni.config.pipeline_registry import OMNI_PIPELINES, register_pipeline
+    from vllm_omni.model_executor.models import OmniModelRegistry
 
     from .pipeline import GLM_IMAGE_AR_ONLY, PIPELINE_KEY, SERVE_ARCH
 
     if PIPELINE_KEY not in OMNI_PIPELINES:
         register_pipeline(GLM_IMAGE_AR_ONLY)
-    if SERVE_ARCH not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(SERVE_ARCH, "glmimage_serve.model:GlmImageARForServing")
+    # vLLM-Omni resolves stage models through its own registry (OmniModelRegistry); vLLM's for the rest
+    for registry in (OmniModelRegistry, ModelRegistry):
+        if SERVE_ARCH not in registry.get_supported_archs():
+            registry.register_model(SERVE_ARCH, "glmimage_serve.model:GlmImageARForServing")

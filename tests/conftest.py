@@ -98,3 +98,34 @@ def comfy_pack():
     spec.loader.exec_module(module)
     importlib.import_module(f"{name}.nodes")
     return module
+
+
+# --- the AR server (python -m glmimage_serve on vLLM-Omni, its own venv): one per test session -----------
+# Every request of the tests carries the session server's API key, read by the client (and by any ComfyUI
+# the tests start, which inherits this environment) from GLMIMAGE_SERVER_API_KEY.
+from tests.serve_harness import API_KEY as _SERVE_API_KEY  # noqa: E402
+
+os.environ["GLMIMAGE_SERVER_API_KEY"] = _SERVE_API_KEY
+
+
+@pytest.fixture(scope="session")
+def ar_server(tiny_ar_dir, tmp_path_factory):
+    """A real vLLM-Omni AR server on the CPU serving the session's tiny AR model (the one `ar` loads), started
+    once per session. Without its environment (scripts/setup_vllm.sh) the tests FAIL under CI=true and skip,
+    saying why, elsewhere; GLMIMAGE_SKIP_SERVE=1 skips them on request."""
+    from tests.serve_harness import ArServer, ServeError, missing_reason
+
+    if os.environ.get("GLMIMAGE_SKIP_SERVE") == "1" and os.environ.get("CI") != "true":
+        pytest.skip("GLMIMAGE_SKIP_SERVE=1: AR server tests skipped on request")
+    reason = missing_reason()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = ArServer(tiny_ar_dir, tmp_path_factory.mktemp("ar-server") / "server.log")
+    try:
+        server.start()
+    except ServeError as err:
+        pytest.fail(f"the AR server did not start: {err}", pytrace=False)
+    yield server
+    server.stop()
