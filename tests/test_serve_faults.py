@@ -14,9 +14,9 @@ import torch
 
 from glmimage_core.ar.remote import RemoteSampling, generate_tokens_remote
 from glmimage_core.ar.remote_http import API_KEY_ENV
-from glmimage_core.ar_loading import load_ar_model
-from glmimage_core.ar_prompt import prepare_inputs
-from glmimage_core.demo_models import build_tiny_ar_model
+from glmimage_core.ar.loading import load_ar_model
+from glmimage_core.ar.chat_prompt import prepare_inputs
+from glmimage_core.demo.models import build_tiny_ar_model
 from glmimage_core.errors import GlmImageServerError
 from glmimage_core.shapes import GridShape
 from tests.serve_harness import MAX_MODEL_LEN, free_port

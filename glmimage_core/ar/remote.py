@@ -27,9 +27,9 @@ import torch
 
 from ..errors import GlmImageInputError, GlmImageServerError
 from ..payloads import GeneratedTokens, GlmImageInputs
-from ..ar_seeded_batch import derived_seeds
-from ..runtime import check_interrupted, preview_size, progress_bar
-from ..token_preview import LiveGridPreview
+from .seeded_batch import derived_seeds
+from ..memory.host import check_interrupted, preview_size, progress_bar
+from ..tokens.grid_preview import LiveGridPreview
 from .remote_http import ServerAddress, TokenStream, get_info
 
 #: The architecture the server must serve.

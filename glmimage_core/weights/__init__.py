@@ -1,0 +1,1 @@
+"""Weight files and formats: the safetensors header reader, cast layers, model folders."""
