@@ -67,11 +67,17 @@ def sized_prompt(w, ar, shape_widgets, text):
     w.link(shape, 0, prompt, "shape")
     return prompt
 
-def chain(w, ar, prompt_node, x, y, seed, name, preview_y=140):
-    gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
-                 inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
-                 outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 300))
-    w.link(ar, 0, gen, "ar_model")
+def chain(w, ar, prompt_node, x, y, seed, name, preview_y=140, server_url=None):
+    """generate tokens -> extract -> preview (+ notes); with `server_url`, the server node samples them."""
+    if server_url is None:
+        gen = w.node("GLMImageGenerateTokens", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, "standard", True, False],
+                     inputs=[AR, ("inputs", "GLMIMAGE_INPUTS")],
+                     outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 300))
+        w.link(ar, 0, gen, "ar_model")
+    else:
+        gen = w.node("GLMImageGenerateTokensServer", (x, y), [seed, "fixed", 1, True, 0.0, 0.0, 0, server_url],
+                     inputs=[("inputs", "GLMIMAGE_INPUTS")],
+                     outputs=[("tokens", "GLMIMAGE_TOKENS"), ("notes", "STRING")], size=(320, 300))
     w.link(prompt_node, 0, gen, "inputs")
     notes = w.node("PreviewAny", (x + 360, y + 260), [], inputs=[("source", "*")], size=(280, 150),
                    title="GLM-Image notes")
@@ -110,6 +116,16 @@ ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i")
 if DECODE:
     decoder(w, ext, prompt_text, 780, ROW2_Y, "glm_image_t2i", seed=42)
 w.dump(out / "glm_image_text_to_image.json")
+
+# text to image, the tokens from an AR server (python -m glmimage_serve; the tests point server_url at theirs)
+w = WF()
+ar = ar_loader(w)
+prompt_text = 'A harbour at sunrise, fishing boats, a banner that says "SERVED"'
+prompt = sized_prompt(w, ar, ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], prompt_text)
+ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i_server", server_url="http://127.0.0.1:8000")
+if DECODE:
+    decoder(w, ext, prompt_text, 780, ROW2_Y, "glm_image_t2i_server", seed=42)
+w.dump(out / "glm_image_text_to_image_server.json")
 
 # image to image
 w = WF()

@@ -9,6 +9,8 @@
 # run uses the other core; its output follows at the end (and stays in .cache/test-logs/). Without the
 # 0.33.0 source snapshot that run cannot happen: the 0.3.75 run then lists the 0.33.0 server tests as
 # skipped with the reason (pytest -rs), and this script says so loudly.
+# Both runs also need scripts/setup_vllm.sh's .cache/venv-vllm-omni (vLLM-Omni, for the AR server the
+# server node's tests start once per run); the first to call it sets it up, the other waits (flock).
 # Extra args go to pytest, in both runs. GLMIMAGE_SKIP_COMFY=1 skips the tests that start a ComfyUI server;
 # GLMIMAGE_SKIP_COMFY033=1 leaves ComfyUI 0.33.0 out.
 set -euo pipefail
@@ -37,6 +39,7 @@ if [ -z "$reason" ]; then
     t=$SECONDS
     status=0
     bash scripts/setup_comfy033.sh || status=$?
+    bash scripts/setup_vllm.sh || echo "[run_tests] !!! the AR server's environment could not be set up" >&2
     if [ "$status" -eq 0 ]; then
       GLMIMAGE_COMFYUI_DIR=$PWD/.cache/comfyui-0.33.0 .venv-comfy033/bin/python -m pytest -q -rs \
         -m "comfyui_server or comfyui_inprocess" tests "$@" || status=$?
@@ -57,6 +60,9 @@ fi
 
 status=0
 GLMIMAGE_SETUP_MAIN_ONLY=1 bash scripts/setup_env.sh || status=$?
+# The AR server's own venv (vLLM-Omni on the CPU) for the server node's tests; they FAIL under CI=true
+# without it (tests/conftest.py's ar_server), so a broken setup cannot pass as skipped tests.
+bash scripts/setup_vllm.sh || echo "[run_tests] !!! the AR server's environment (scripts/setup_vllm.sh) could not be set up: its tests will fail" >&2
 if [ "$status" -eq 0 ]; then
   echo "[run_tests] ComfyUI 0.3.75: the whole suite"
   .venv/bin/python -m pytest -q -rs tests "$@" || status=$?

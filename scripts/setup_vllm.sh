@@ -28,6 +28,10 @@ SETUP_TAG=setup-vllm
 source scripts/setup_lib.sh  # say, die, hash_of, stamp_ok, pip_in
 t0=$SECONDS
 pipq() { pip_in "$VENV/bin/python" "$@"; }
+# scripts/run_tests.sh's two pytest runs may both call this at once: one sets up, the other waits for it.
+mkdir -p "$REPO/.cache"
+exec 9>"$REPO/.cache/venv-vllm-omni.lock"
+flock 9
 
 WANT="$STAMP_VERSION $VERSIONS $TORCHVISION"
 if ! stamp_ok "$VENV/.glmimage-stamp" "$WANT"; then

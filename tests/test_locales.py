@@ -25,6 +25,7 @@ NUMBER = re.compile(r"\d+(?:\.\d+)?")
 ADVANCED_INPUTS = {
     "GLMImageARLoader": {"dtype", "device", "attention", "quantization"},
     "GLMImageGenerateTokens": {"do_sample", "top_p", "top_k", "speed", "allow_streaming"},
+    "GLMImageGenerateTokensServer": {"do_sample", "top_p", "top_k"},
     "GLMImageDecoderLoader": {"dtype", "device", "vram_limit_gb"},
     "GLMImageDiTLoader": {"dtype", "device", "vram_limit_gb"},
     "GLMImageVAELoader": {"dtype", "device"},

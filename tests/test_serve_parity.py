@@ -25,7 +25,7 @@ LOGPROB_TOLERANCE = 1e-4
 def _inputs(ar, prompt: str, shape: GridShape | None = None, sources: int = 0):
     rng = np.random.default_rng(7)
     sizes = [(96, 128), (128, 64)][:sources]
-    images = [torch.from_numpy(rng.random((1, h, w, 3), dtype=np.float32)) for h, w in sizes]
+    images = [torch.from_numpy(rng.random((h, w, 3), dtype=np.float32)) for h, w in sizes]
     inputs = prepare_inputs(ar.processor, prompt, shape=shape, images=images or None)
     inputs.model_identity = ar.identity()
     return inputs

@@ -151,7 +151,7 @@ def object_info(comfy_server):
     return comfy_server.object_info()
 
 
-def test_every_widget_input_of_every_pack_node_can_be_driven_by_a_link(comfy_server, object_info):
+def test_every_widget_input_of_every_pack_node_can_be_driven_by_a_link(comfy_server, object_info, ar_server):
     combo_source = next((name for name in COMBO_SOURCES if name in object_info), None)
     assert combo_source, f"none of {COMBO_SOURCES} is registered; server log:\n{comfy_server.log_tail()}"
     missing = [name for name in [*PRIMITIVES.values(), SINK] if name not in object_info]
@@ -165,6 +165,9 @@ def test_every_widget_input_of_every_pack_node_can_be_driven_by_a_link(comfy_ser
     failures, checked = [], []
     for class_type in nodes:
         graph, node_id = base_graph(class_type, object_info, examples)
+        for node in graph.values():  # the server node samples on the tests' AR server (tests/serve_harness.py)
+            if node["class_type"] == "GLMImageGenerateTokensServer":
+                node["inputs"]["server_url"] = ar_server.url
         try:
             expected = sink_text(comfy_server.run(with_sink(graph, node_id, object_info), timeout=300))
         except ComfyError as err:
