@@ -93,8 +93,8 @@ async def serve(args: argparse.Namespace) -> None:
     from vllm_omni.config.pipeline_registry import OMNI_PIPELINES
 
     if PIPELINE_KEY not in OMNI_PIPELINES:
-        raise SystemExit("the glmimage_serve plugin did not load: run scripts/setup_vllm.sh (it installs the "
-                         "vllm_omni.general_plugins entry point)")
+        raise SystemExit("the glmimage_serve plugin did not load: run python -m glmimage_serve.install with this "
+                         "environment's Python (scripts/setup_vllm.sh does it for the CPU test environment)")
 
     settings = ServeSettings(model=args.model, devices=args.devices, device=args.device,
                              tensor_parallel_size=args.tensor_parallel_size,

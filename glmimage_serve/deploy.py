@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pipeline import PIPELINE_KEY
+from .pipeline import HUB_PIPELINE_KEY, PIPELINE_KEY
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def stage_settings(settings: ServeSettings) -> dict:
 
 def write_deploy_yaml(settings: ServeSettings, folder: str | None = None) -> str:
     """A YAML file (JSON is YAML) for `AsyncOmni(deploy_config=...)`; returns its path."""
-    deploy = {"pipeline": PIPELINE_KEY, "async_chunk": False, "stages": [stage_settings(settings)]}
+    hub = (Path(settings.model) / "vision_language_encoder").is_dir()
+    deploy = {"pipeline": HUB_PIPELINE_KEY if hub else PIPELINE_KEY, "async_chunk": False, "stages": [stage_settings(settings)]}
     if settings.dtype != "auto":
         deploy["dtype"] = settings.dtype
     if settings.data_parallel_size > 1:

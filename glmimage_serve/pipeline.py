@@ -12,22 +12,34 @@ PIPELINE_KEY = "glm_image_ar_only"
 #: model that also returns the source images' token ids to the client.
 SERVE_ARCH = "GlmImageARForServing"
 
-GLM_IMAGE_AR_ONLY = PipelineConfig(
-    model_type=PIPELINE_KEY,
-    model_arch=SERVE_ARCH,
-    hf_architectures=(),  # reachable through the deploy YAML's `pipeline:` key only
-    stages=(
-        StagePipelineConfig(
-            stage_id=0,
-            model_stage="ar",
-            execution_type=StageExecutionType.LLM_AR,
-            requires_multimodal_data=True,
-            input_sources=(),
-            final_output=True,
-            final_output_type="text",
-            owns_tokenizer=True,
-            model_arch=SERVE_ARCH,
-            engine_output_type="token_ids",
+#: The hub's layout (zai-org/GLM-Image: vision_language_encoder/ + processor/) under its own key: vLLM-Omni
+#: reads the subfolders from the stage (as its own two-stage GLM-Image pipeline does).
+HUB_PIPELINE_KEY = "glm_image_ar_only_hub"
+
+
+def _pipeline(key: str, hub: bool) -> PipelineConfig:
+    return PipelineConfig(
+        model_type=key,
+        model_arch=SERVE_ARCH,
+        hf_architectures=(),  # reachable through the deploy YAML's `pipeline:` key only
+        stages=(
+            StagePipelineConfig(
+                stage_id=0,
+                model_stage="ar",
+                execution_type=StageExecutionType.LLM_AR,
+                requires_multimodal_data=True,
+                input_sources=(),
+                final_output=True,
+                final_output_type="text",
+                owns_tokenizer=True,
+                model_arch=SERVE_ARCH,
+                engine_output_type="token_ids",
+                model_subdir="vision_language_encoder" if hub else None,
+                tokenizer_subdir="processor" if hub else None,
+            ),
         ),
-    ),
-)
+    )
+
+
+GLM_IMAGE_AR_ONLY = _pipeline(PIPELINE_KEY, hub=False)
+GLM_IMAGE_AR_ONLY_HUB = _pipeline(HUB_PIPELINE_KEY, hub=True)

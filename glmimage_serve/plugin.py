@@ -2,7 +2,7 @@
 
 vLLM-Omni loads this group in every one of its processes (API front, orchestrator, engine cores,
 workers); no flag names a pipeline module, so the registration must come through here.
-scripts/setup_vllm.sh installs the entry point (a bare dist-info next to a .pth to the repo).
+`python -m glmimage_serve.install` installs the entry point (a bare dist-info + a .pth to the pack).
 """
 
 
@@ -11,10 +11,11 @@ def register() -> None:
     from vllm_omni.config.pipeline_registry import OMNI_PIPELINES, register_pipeline
     from vllm_omni.model_executor.models import OmniModelRegistry
 
-    from .pipeline import GLM_IMAGE_AR_ONLY, PIPELINE_KEY, SERVE_ARCH
+    from .pipeline import GLM_IMAGE_AR_ONLY, GLM_IMAGE_AR_ONLY_HUB, SERVE_ARCH
 
-    if PIPELINE_KEY not in OMNI_PIPELINES:
-        register_pipeline(GLM_IMAGE_AR_ONLY)
+    for pipeline in (GLM_IMAGE_AR_ONLY, GLM_IMAGE_AR_ONLY_HUB):
+        if pipeline.model_type not in OMNI_PIPELINES:
+            register_pipeline(pipeline)
     # vLLM-Omni resolves stage models through its own registry (OmniModelRegistry); vLLM's for the rest
     for registry in (OmniModelRegistry, ModelRegistry):
         if SERVE_ARCH not in registry.get_supported_archs():

@@ -78,14 +78,8 @@ else
 fi
 
 # every run: the repo may have moved (CI clones it afresh)
-say "registering glmimage_serve as a vLLM-Omni plugin (a .pth to the repo + an entry point)"
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$REPO" > "$SITE/glmimage_serve_repo.pth"
-DIST=$SITE/glmimage_serve-0.0.0.dist-info
-mkdir -p "$DIST"
-printf 'Metadata-Version: 2.1\nName: glmimage-serve\nVersion: 0.0.0\n' > "$DIST/METADATA"
-printf '[vllm_omni.general_plugins]\nglmimage_serve = glmimage_serve.plugin:register\n' > "$DIST/entry_points.txt"
-: > "$DIST/RECORD"
+say "registering glmimage_serve as a vLLM-Omni plugin (python -m glmimage_serve.install)"
+(cd "$REPO" && "$VENV/bin/python" -m glmimage_serve.install) || die "could not register the plugin"
 say "checking that vllm, vllm_omni and the plugin import"
 "$VENV/bin/python" - <<'PYEOF' || die "the vLLM-Omni venv does not import (rerun with GLMIMAGE_SETUP_FORCE=1)"
 from importlib.metadata import version, entry_points
