@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pipeline import HUB_PIPELINE_KEY, PIPELINE_KEY
+from .pipeline import HUB_PIPELINE_KEY, MAX_SOURCES, PIPELINE_KEY
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def stage_settings(settings: ServeSettings) -> dict:
         "enable_prefix_caching": False,
         "enforce_eager": settings.enforce_eager or settings.on_cpu(),
         "tensor_parallel_size": settings.tensor_parallel_size,
+        "limit_mm_per_prompt": {"image": MAX_SOURCES},
         "default_sampling_params": {"temperature": 0.9, "top_p": 0.75, "stop_token_ids": [end_id],
                                     "detokenize": False},
     }

@@ -8,6 +8,9 @@ AR stage is the final stage (`engine_output_type="token_ids"`). A deploy YAML se
 from vllm_omni.config.stage_config import PipelineConfig, StageExecutionType, StagePipelineConfig
 
 PIPELINE_KEY = "glm_image_ar_only"
+#: Source pictures per prompt. vLLM-Omni declares 1; GLM-Image's processor and model take several (the
+#: pack's local node does), and the tests check 2 against transformers token for token.
+MAX_SOURCES = 4
 #: The architecture name the stage loads (model.py registers it with vLLM): vLLM-Omni's GLM-Image AR
 #: model that also returns the source images' token ids to the client.
 SERVE_ARCH = "GlmImageARForServing"

@@ -11,6 +11,7 @@ from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
 from .generate_server import GLMImageGenerateTokensServer
 from .ar_loader import GLMImageARLoader
+from .ar_processor_loader import GLMImageARProcessorLoader
 from .lora import GLMImageLoraLoader
 from .native_loaders import GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageVAELoader
 from .preview import GLMImagePreviewTokens
@@ -24,6 +25,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImagePrompt,
     GLMImageGenerateTokens,
     GLMImageGenerateTokensServer,
+    GLMImageARProcessorLoader,
     GLMImageExtractTokens,
     GLMImagePreviewTokens,
     GLMImageSaveTokens,

@@ -119,7 +119,8 @@ w.dump(out / "glm_image_text_to_image.json")
 
 # text to image, the tokens from an AR server (python -m glmimage_serve; the tests point server_url at theirs)
 w = WF()
-ar = ar_loader(w)
+ar = w.node("GLMImageARProcessorLoader", (0, 0), ["GLM-Image"], outputs=[("AR processor", "GLMIMAGE_AR")],
+            size=(320, 200), title="Load GLM-Image processor (server)")
 prompt_text = 'A harbour at sunrise, fishing boats, a banner that says "SERVED"'
 prompt = sized_prompt(w, ar, ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], prompt_text)
 ext = chain(w, ar, prompt, 780, 0, 42, "glm_image_t2i_server", server_url="http://127.0.0.1:8000")

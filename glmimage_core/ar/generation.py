@@ -188,6 +188,10 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
         raise GlmImageInputError(f"seed {seed} is out of range: use 0 .. 2**64-1")
     if not 1 <= images <= MAX_IMAGES:
         raise GlmImageInputError(f"images={images}: choose 1 .. {MAX_IMAGES} pictures per run")
+    if ar.device.type == "meta":
+        raise GlmImageInputError("this AR model came from 'Load GLM-Image processor (server)': it has no weights "
+                                 "here; sample with 'GLM-Image generate tokens (server)', or load the model with "
+                                 "'Load GLM-Image AR model'")
     seeds = derived_seeds(seed, images)
     max_new = inputs.shape.max_new_tokens(inputs.mode)
     progress = progress if progress is not None else progress_bar(max_new)

@@ -152,6 +152,28 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
                                                        quant, weight_dtype), release=forget)
 
 
+def load_ar_processor(model: str) -> ARModel:
+    """The AR model's processor and config only, for prompts whose tokens an AR server samples.
+
+    The model inside is built on the `meta` device: no weights are read and no memory is taken (the
+    real model lives on the server), yet its config answers what the prompt node and the server check
+    need (vocabulary, special ids, codebook size). `generate_tokens` refuses it, naming the loaders."""
+    from transformers import AutoConfig, AutoProcessor, GlmImageForConditionalGeneration
+
+    path = resolve_model_path(model)
+    layout = find_layout(path)
+    try:
+        processor = AutoProcessor.from_pretrained(layout.processor_dir, local_files_only=True,
+                                                  trust_remote_code=False)
+        config = AutoConfig.from_pretrained(layout.model_dir, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise GlmImageInputError(f"could not read the processor and config of {path!r}: {err}") from err
+    with torch.device("meta"):
+        shell = GlmImageForConditionalGeneration(config)
+    return ARModel(model=shell, processor=processor, path=path, dtype=torch.float32,
+                   device=torch.device("meta"), attention="none")
+
+
 def cached_models() -> list[ARModel]:
     return _CACHE.values()
 

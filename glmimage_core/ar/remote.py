@@ -27,6 +27,7 @@ import torch
 
 from ..errors import GlmImageInputError, GlmImageServerError
 from ..payloads import GeneratedTokens, GlmImageInputs
+from .generation import MAX_IMAGES, REPORT_INTERVAL_S  # as the local node: pictures per run, report rate
 from .seeded_batch import derived_seeds
 from ..memory.host import check_interrupted, preview_size, progress_bar
 from ..tokens.grid_preview import LiveGridPreview
@@ -34,9 +35,6 @@ from .remote_http import ServerAddress, TokenStream, get_info
 
 #: The architecture the server must serve.
 ARCHITECTURE = "GlmImageForConditionalGeneration"
-MAX_IMAGES = 16
-#: Seconds between two progress reports (as the local node).
-REPORT_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,27 @@
+"""The server (glmimage_serve/http_front.py, vLLM's environment) and the client (glmimage_core/ar/remote_http.py,
+ComfyUI's) share no import, only the protocol: its paths and the API key's variable must be spelt alike.
+Read from the server's source (it imports FastAPI, which ComfyUI's environment need not have)."""
+
+import ast
+import re
+from pathlib import Path
+
+from glmimage_core.ar import remote_http
+
+SERVER = Path(__file__).resolve().parents[1] / "glmimage_serve" / "http_front.py"
+SHARED = ("API_KEY_ENV", "HEALTH_PATH", "INFO_PATH", "GENERATE_PATH")
+
+
+def test_client_and_server_speak_the_same_protocol():
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(SERVER.read_text()).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id in SHARED}
+    assert values == {name: getattr(remote_http, name) for name in SHARED}
+
+
+def test_nothing_of_the_pack_imports_the_server_package():
+    root = SERVER.parents[1]
+    for folder in ("glmimage_core", "glmimage_comfy", "nodes"):
+        for path in (root / folder).rglob("*.py"):
+            imports = re.search(r"^\s*(from\s+[.]*glmimage_serve|import\s+glmimage_serve)", path.read_text(), re.M)
+            assert not imports, f"{path} imports glmimage_serve (it runs in vLLM's venv only)"
