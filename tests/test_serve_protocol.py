@@ -25,3 +25,20 @@ def test_nothing_of_the_pack_imports_the_server_package():
         for path in (root / folder).rglob("*.py"):
             imports = re.search(r"^\s*(from\s+[.]*glmimage_serve|import\s+glmimage_serve)", path.read_text(), re.M)
             assert not imports, f"{path} imports glmimage_serve (it runs in vLLM's venv only)"
+
+
+def test_the_processor_loader_reads_no_weights_and_the_local_node_refuses_it(ar, tiny_ar_dir):
+    import pytest
+
+    from glmimage_core.ar.chat_prompt import prepare_inputs
+    from glmimage_core.ar.generation import generate_tokens
+    from glmimage_core.ar.loading import load_ar_processor
+    from glmimage_core.errors import GlmImageInputError
+
+    shell = load_ar_processor(str(tiny_ar_dir))
+    assert shell.identity() == ar.identity()
+    assert all(p.device.type == "meta" for p in shell.model.parameters())
+    inputs = prepare_inputs(shell.processor, "a cat")
+    assert inputs.model_inputs["input_ids"].equal(prepare_inputs(ar.processor, "a cat").model_inputs["input_ids"])
+    with pytest.raises(GlmImageInputError, match="generate tokens \\(server\\)"):
+        generate_tokens(shell, inputs)

@@ -31,7 +31,7 @@ from .generation import MAX_IMAGES, REPORT_INTERVAL_S  # as the local node: pict
 from .seeded_batch import derived_seeds
 from ..memory.host import check_interrupted, preview_size, progress_bar
 from ..tokens.grid_preview import LiveGridPreview
-from .remote_http import ServerAddress, TokenStream, get_info
+from .remote_http import READ_TIMEOUT_S, ServerAddress, TokenStream, get_info
 
 #: The architecture the server must serve.
 ARCHITECTURE = "GlmImageForConditionalGeneration"
@@ -141,7 +141,7 @@ def _pump(run: _Run, events: queue.Queue) -> None:
 def generate_tokens_remote(server_url: str, inputs: GlmImageInputs, seed: int = 0,
                            sampling: RemoteSampling = RemoteSampling(), images: int = 1, progress=None,
                            check_interrupted=check_interrupted, logprobs: int | None = None,
-                           info: dict | None = None) -> GeneratedTokens:
+                           info: dict | None = None, read_timeout: float = READ_TIMEOUT_S) -> GeneratedTokens:
     """Sample `images` pictures for `inputs` on the server: request i with seed + i, all at once.
 
     `progress` (default: ComfyUI's progress bar inside ComfyUI) gets `update(n)`, or, when it has
@@ -149,7 +149,8 @@ def generate_tokens_remote(server_url: str, inputs: GlmImageInputs, seed: int = 
     (fixed hues: the codebook lives on the server). `check_interrupted` (default: ComfyUI's cancel
     button) is called while waiting and raises to cancel: every request's connection is then closed,
     which aborts it on the server. `logprobs=0` adds each sampled id's log-probability
-    (`GeneratedTokens.logprobs`).
+    (`GeneratedTokens.logprobs`). `read_timeout`: seconds a stream may stay silent before the request
+    counts as lost.
     """
     if seed < 0 or seed > 0xFFFF_FFFF_FFFF_FFFF:
         raise GlmImageInputError(f"seed {seed} is out of range: use 0 .. 2**64-1")
@@ -170,7 +171,8 @@ def generate_tokens_remote(server_url: str, inputs: GlmImageInputs, seed: int = 
     threads = []
     try:
         for run in runs:
-            run.stream = TokenStream(address, _body(inputs, prompt_ids, max_new, run.seed, sampling, logprobs))
+            run.stream = TokenStream(address, _body(inputs, prompt_ids, max_new, run.seed, sampling, logprobs),
+                                     timeout=read_timeout)
             threads.append(threading.Thread(target=_pump, args=(run, events), daemon=True,
                                             name="glmimage-remote-stream"))
             threads[-1].start()
