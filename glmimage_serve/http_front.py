@@ -21,6 +21,7 @@ import hmac
 import io
 import json
 import logging
+import time
 import uuid
 
 from fastapi import FastAPI, Request
@@ -157,11 +158,19 @@ def build_app(omni, info: dict, generation: dict, api_key: str | None) -> FastAP
     return app
 
 
+#: Seconds the front gathers a request's new tokens before it sends them: one NDJSON line per engine step
+#: and request would cost more than the step itself on a small model; the node previews a few times a second.
+FLUSH_INTERVAL_S = 0.05
+
+
 async def _stream(omni, prompt: dict, params, request_id: str):
     """NDJSON lines as the engine produces tokens. Cancelled (client gone) -> AsyncOmni aborts the request."""
     started = False
     sources = None
     finish = None
+    ids: list[int] = []
+    logprobs: list[float] = []
+    last = time.monotonic()
     try:
         async for output in omni.generate(prompt, params, request_id):
             if not started:
@@ -172,8 +181,15 @@ async def _stream(omni, prompt: dict, params, request_id: str):
             if output.outputs:
                 completion = output.outputs[0]
                 if completion.token_ids:
-                    yield json.dumps(_token_event(completion)) + "\n"
+                    event = _token_event(completion)
+                    ids += event["token_ids"]
+                    logprobs += event.get("logprobs", [])
                 finish = completion.finish_reason or finish
+            if ids and time.monotonic() - last >= FLUSH_INTERVAL_S:
+                yield _tokens_line(ids, logprobs)
+                ids, logprobs, last = [], [], time.monotonic()
+        if ids:
+            yield _tokens_line(ids, logprobs)
         yield json.dumps({"event": "done", "finish_reason": finish, "source_token_ids": sources or []}) + "\n"
     except asyncio.CancelledError:
         log.info("request %s: client went away, aborted", request_id)
@@ -181,3 +197,10 @@ async def _stream(omni, prompt: dict, params, request_id: str):
     except Exception as err:  # noqa: BLE001 - reported to the client in the stream
         log.exception("request %s failed", request_id)
         yield json.dumps({"event": "error", "message": f"{type(err).__name__}: {err}"}) + "\n"
+
+
+def _tokens_line(ids: list[int], logprobs: list[float]) -> str:
+    event: dict = {"event": "tokens", "token_ids": ids}
+    if logprobs:
+        event["logprobs"] = logprobs
+    return json.dumps(event) + "\n"
