@@ -126,6 +126,7 @@ def test_comfyignore_ships_the_pack_and_leaves_out_development_files(tmp_path):
 
     needed = ["__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md"]
     needed += files("nodes/*.py") + files("glmimage_core/*.py") + files("example_workflows/*")
+    needed += files("glmimage_serve/*.py")  # the AR server: users run it from the pack folder (README)
     needed += files("docs/*.png")  # the README's pictures and the icon
     development = files("tests/**/*.py") + files("bench/*") + files("scripts/*") + files(".ci/*")
     assert len(needed) > 20 and len(development) > 10
