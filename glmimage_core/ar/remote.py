@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import GlmImageInputError, GlmImageServerError
-from ..payloads import GeneratedTokens, GlmImageInputs
-from .generation import MAX_IMAGES, REPORT_INTERVAL_S  # as the local node: pictures per run, report rate
-from .seeded_batch import derived_seeds
 from ..memory.host import check_interrupted, preview_size, progress_bar
+from ..payloads import GeneratedTokens, GlmImageInputs
 from ..tokens.grid_preview import LiveGridPreview
+from .generation import (  # as the local node: pictures per run, report rate
+    MAX_IMAGES,
+    REPORT_INTERVAL_S,
+)
 from .remote_http import READ_TIMEOUT_S, ServerAddress, TokenStream, get_info
+from .seeded_batch import derived_seeds
 
 #: The architecture the server must serve.
 ARCHITECTURE = "GlmImageForConditionalGeneration"

@@ -46,7 +46,7 @@ class ServerAddress:
     base_path: str
 
     @classmethod
-    def parse(cls, url: str) -> "ServerAddress":
+    def parse(cls, url: str) -> ServerAddress:
         text = (url or "").strip()
         if not text:
             raise GlmImageServerError("server_url is empty: give the AR server's address, e.g. "
