@@ -304,7 +304,7 @@ class DecoderBundle:
     #: bundle (`dataclasses.replace`: same parts, same lock) with its own limit.
     vram_limit: int | None = None
 
-    # The parts as plain modules (what the decode steps and the tests read).
+    # The parts as plain modules (what the denoising steps and the tests read).
     @property
     def transformer(self) -> torch.nn.Module:
         return self.dit.transformer
