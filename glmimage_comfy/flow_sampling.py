@@ -1,13 +1,13 @@
 """How ComfyUI's samplers meet GLM-Image's DiT: flow matching, its schedule's shift, and the DiT's timestep.
 
 GLM-Image's pipeline feeds the DiT the *unshifted* timestep minus one while its
-Euler step walks the *shifted* noise levels (mu from the picture size); the
-numbers are the engine's (glmimage_core.dit.schedule), which the engine's own
-loop reads too. ComfyUI
-passes a model `model_sampling.timestep(sigma)`, whose scale depends on which
-model-sampling object is active (1000 for SD3, 1 for AuraFlow and Flux), so the
-DiT's timestep is computed from the noise level sigma itself and GLM-Image's own
-mu for the latent's size, never from the sampling object's shift or multiplier.
+Euler step walks the *shifted* noise levels (mu from the picture size); mu and
+the DiT's timestep are the engine's (glmimage_core.dit.schedule), which its own
+loop reads too. ComfyUI passes a model `model_sampling.timestep(sigma)`, whose
+scale depends on which model-sampling object is active (1000 for SD3, 1 for
+AuraFlow and Flux), so the DiT's timestep is computed from the noise level sigma
+itself and GLM-Image's own mu for the latent's size, never from the sampling
+object's shift or multiplier.
 A stock flow model-sampling node (ModelSamplingSD3 / AuraFlow / Flux) therefore
 only changes which noise levels are visited; non-flow model sampling
 (ModelSamplingDiscrete eps/v, EDM, ...) is refused with the node named.

@@ -7,8 +7,8 @@
 - Sampling is flow matching (flow_sampling.py): `process_timestep` maps the noise
   level back to the timestep the DiT was trained on, so any ComfyUI sampler,
   scheduler and flow model-sampling node works, and others are refused by name.
-- Latents are normalised per channel (`GlmImageLatentFormat`, the VAE config's
-  latents_mean / latents_std, through the engine's `LatentStats`), so stock `VAE Decode` gets raw VAE latents, and
+- Latents are normalised per channel (`GlmImageLatentFormat` through the engine's
+  `LatentStats`: the VAE config's latents_mean / latents_std), so stock `VAE Decode` gets raw VAE latents, and
   the latent-to-RGB preview factors are fitted from the VAE itself on first use.
 - Conditioning (see conditioning.py) carries the prior tokens, glyph embeddings
   and, for image-to-image, the source images; each row of a batch knows whether
