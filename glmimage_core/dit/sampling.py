@@ -28,7 +28,7 @@ what the pack adds to it (one batched forward for both guidance branches with
 per-row source reads, inputs checked with messages that name them, noise that
 gives the same picture on CPU, CUDA and MPS, the VRAM fit, progress and
 cancel). So the loop stays, thin: what is left here is the iteration itself,
-about 30 lines, and what would be upstreamed into ComfyUI is the primitives
+some 40 lines, and what would be upstreamed into ComfyUI is the primitives
 (the model-specific parts that ComfyUI keeps in model_base / latent_formats /
 model_sampling), not a second sampler. The pixels equal diffusers'
 `GlmImagePipeline(..., prior_token_ids=prior.d16(), generator=torch.Generator().manual_seed(seed))`
