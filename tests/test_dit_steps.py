@@ -74,5 +74,5 @@ def test_vram_fit(tmp_path):
     assert fit.rows_fit(dit, 256, 128, 2, None)
     assert fit.rows_fit(dit, 256, 128, 2, need + 1) and not fit.rows_fit(dit, 256, 128, 2, need)
     assert not fit.rows_fit(dit, 256, 128, 2, need + 1, extra_bytes=1)
-    assert not fit.vae_decode_must_tile(bundle.vae.config, 32, 16, 4, None)
-    assert fit.vae_decode_must_tile(bundle.vae.config, 32, 16, 4, 0)
+    assert not fit.vae_decode_must_tile(bundle.vae_model.vae.config, 32, 16, 4, None)
+    assert fit.vae_decode_must_tile(bundle.vae_model.vae.config, 32, 16, 4, 0)
