@@ -101,10 +101,10 @@ def test_ar_runs_on_the_gpu_with_its_embedding_table_in_ram(pk, root, dtype):
 def test_fp8_ar_stores_fp8_on_the_gpu_and_comfyui_counts_its_bytes(pk, root):
     """test_vram.py's accounting test with weight_dtype fp8_e4m3fn, on the GPU (ComfyUI's cast layers
     upcast per layer; this is the path a 16 GB card runs)."""
-    memory, vram_plan = pk("glmimage_core.memory.comfy_memory"), pk("glmimage_core.memory.vram_plan")
+    host, vram_plan = pk("glmimage_comfy.comfy_host"), pk("glmimage_core.memory.vram_plan")
     ar = load_ar(pk, root, "bf16", weight_dtype="fp8_e4m3fn")
     result = tokens(pk, ar)
-    patcher = memory.patcher_of(ar)
+    patcher = host.patcher_of(ar.model)
     reported = vram_plan.resident_bytes(ar.inventory, vram_plan.WeightOption("fp8_e4m3fn"))
     assert patcher.model_size() == reported == patcher.loaded_size()
     down = ar.model.model.language_model.layers[0].mlp.down_proj.weight
@@ -164,10 +164,10 @@ def test_batch_of_4_equals_four_single_runs(pk, root):
 def test_partial_load_on_the_gpu_gives_the_tokens_of_a_full_load(pk, root):
     """test_vram.py's partial-load test on the GPU: a budget a quarter of the model; ComfyUI streams the
     rest from RAM per forward (real host-to-device copies here), same tokens, t2i and i2i."""
-    memory = pk("glmimage_core.memory.comfy_memory")
+    host = pk("glmimage_comfy.comfy_host")
     ar = load_ar(pk, root)
     full = tokens(pk, ar)
-    patcher = memory.patcher_of(ar)
+    patcher = host.patcher_of(ar.model)
     budget = patcher.model_size() // 4
     partial = tokens(pk, ar, vram_limit=budget)
     assert patcher.loaded_size() <= budget < patcher.model_size()

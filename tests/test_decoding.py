@@ -199,7 +199,7 @@ def test_interrupt_stops_and_releases_the_bundle(dec_bundle, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt("cancelled")
 
-    monkeypatch.setattr(runtime, "check_interrupted", interrupt)
+    monkeypatch.setattr(runtime.host(), "check_interrupted", interrupt)
     progress = Counter()
     with pytest.raises(KeyboardInterrupt):
         decode_prior(dec_bundle, t2i_prior(), steps=5, progress=progress)

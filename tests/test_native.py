@@ -454,7 +454,7 @@ def test_two_loaders_of_one_dit_each_sample_with_their_own_vram_limit(pk, root, 
     node = nodes.GLMImageDecoderLoader
     small = node.execute(model=str(root), dtype="fp32", device="cpu", vram_limit_gb=budget_gb)[0]
     whole = node.execute(model=str(root), dtype="fp32", device="cpu", vram_limit_gb=0.0)[0]
-    assert small.dit is whole.dit and small.lock is whole.lock
+    assert small.bundle is whole.bundle  # the limit travels beside the shared bundle, not on it
     assert small.vram_limit == int(budget_gb * (1 << 30)) and whole.vram_limit is None
 
 
@@ -492,7 +492,7 @@ def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_pic
         assert clone.model.dit.transformer is not bundle.transformer
         assert not storages(clone.model) & storages(model.model)
         assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
-    assert pk("glmimage_core.memory.comfy_memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
+    assert pk("glmimage_comfy.comfy_host").patcher_of(bundle.dit.transformer) is model  # the cached DiT keeps its one patcher
 
 
 def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_picture(pk, bundle, native):
@@ -517,7 +517,7 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     ComfyUI asks for a non-dynamic copy."""
     import comfy.model_patcher as mp
 
-    decoder_loading, memory = pk("glmimage_core.dit.loading"), pk("glmimage_core.memory.comfy_memory")
+    decoder_loading, host = pk("glmimage_core.dit.loading"), pk("glmimage_comfy.comfy_host")
     model, vae = native
     as_found = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # without main.py's switch
     assert type(model) is as_found and type(vae.patcher) is as_found
@@ -532,8 +532,8 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     new_vae = pk("glmimage_comfy.vae").comfy_vae(decoder_loading.load_vae(str(root), dtype="fp32", device="cpu"))
     assert type(new_vae.patcher) is CorePatcher
     glyph = decoder_loading.load_glyph_encoder(str(root), dtype="fp32", device="cpu")
-    memory.ensure_on_device(glyph, glyph.text_encoder, glyph.device)  # the AR model's and glyph encoder's path
-    assert type(memory.patcher_of(glyph)) is CorePatcher
+    pk("glmimage_core.memory.placement").ensure_on_device(glyph.text_encoder, glyph.device)  # AR model's path too
+    assert type(host.patcher_of(glyph.text_encoder)) is CorePatcher
     import comfy.model_management
 
     if hasattr(comfy.model_management, "archive_model_dtypes"):  # 0.33: what dynamic VRAM casts weights back to
@@ -551,7 +551,7 @@ def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
     model_management.get_free_memory leaves out: the pack's checks ask the patcher where it has the method."""
     import comfy.model_patcher as mp
 
-    runtime = pk("glmimage_core.memory.host")
+    host = pk("glmimage_comfy.comfy_host")
     asked = []
 
     class Patcher(mp.ModelPatcher):
@@ -561,8 +561,8 @@ def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
 
     patcher = Patcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
     gpu = torch.device("cuda", 0)  # only named: the method answers, no GPU is touched
-    assert runtime.free_vram(gpu, patcher) == 7 << 30 and asked == [gpu]
-    assert runtime.free_vram(torch.device("cpu"), patcher) is None  # RAM is not budgeted
+    assert host.free_vram(gpu, patcher) == 7 << 30 and asked == [gpu]
+    assert host.free_vram(torch.device("cpu"), patcher) is None  # RAM is not budgeted
 
 
 # --------------------------------------------------------------------------- VAE and previews

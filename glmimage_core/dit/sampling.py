@@ -35,12 +35,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..memory import host as runtime, vram_plan
+from ..memory import vram_plan
+from ..memory.host import Progress, host
 from .decoder_inputs import DecodeInputs, validate
 from .forward import build_source_kv, pad_glyphs, velocity
 from ..errors import GlmImageInputError
 from ..images import source_pixels
-from ..memory.comfy_memory import ensure_on_device, patcher_of
+from ..memory.placement import ensure_on_device
 from ..payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, d16_ids
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
@@ -71,7 +72,7 @@ def encode_glyphs(glyph: GlyphEncoder, prompt: str, device: torch.device, dtype:
     No glyph text encodes "" (just the EOS byte), which is also what the
     unconditional branch uses. Puts the encoder on its device first.
     """
-    ensure_on_device(glyph, glyph.text_encoder, glyph.device)
+    ensure_on_device(glyph.text_encoder, glyph.device)
     texts = get_glyph_texts(prompt) or [""]
     pad = glyph.tokenizer.pad_token_id
     input_ids = glyph.tokenizer(texts, max_length=MAX_GLYPH_BYTES, truncation=True).input_ids
@@ -148,7 +149,7 @@ def prepare_latents(dit: DiTModel, batch: int, height: int, width: int, seed: in
 def encode_sources(vae_model: VAEModel, images: list[torch.Tensor], grids: list[torch.Tensor],
                    dtype: torch.dtype) -> list[torch.Tensor]:
     """Each source image, resized to 32 px per source token, through the VAE: model-space [1,C,h,w] latents."""
-    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    ensure_on_device(vae_model.vae, vae_model.device)
     latents = []
     for image, grid in zip(images, grids):
         pixels = source_pixels(image, grid).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
@@ -167,7 +168,7 @@ GUIDANCE_BATCHING = ("auto", "batched", "sequential")
 def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None = None, steps: int = 50,
                  guidance: float = 1.5, seed: int = 0,
                  source_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                 progress: runtime.Progress | None = None, guidance_batching: str = "auto") -> torch.Tensor:
+                 progress: Progress | None = None, guidance_batching: str = "auto") -> torch.Tensor:
     """Render GLM-Image tokens: [N, H, W, 3] float32 pixels in 0..1 on the CPU (ComfyUI's IMAGE).
 
     `prompt` (default: the tokens' own prompt) only feeds the glyph encoder,
@@ -181,7 +182,7 @@ def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None =
     if guidance_batching not in GUIDANCE_BATCHING:
         raise GlmImageInputError(f"guidance_batching {guidance_batching!r} is not one of {list(GUIDANCE_BATCHING)}")
     inputs = validate(bundle, prior, prompt, steps, guidance, source_images)
-    progress = progress if progress is not None else runtime.progress_bar(inputs.steps)
+    progress = progress if progress is not None else host().progress_bar(inputs.steps)
     with bundle.lock, torch.inference_mode():
         return _decode(bundle, inputs, seed, progress, guidance_batching)
 
@@ -191,7 +192,7 @@ def batch_guidance(dit: DiTModel, height: int, width: int, pictures: int, choice
     """Both guidance branches in one forward, unless asked otherwise or free VRAM is short for twice the rows."""
     if choice != "auto":
         return choice == "batched"
-    free = runtime.free_vram(dit.device, patcher_of(dit))
+    free = host().free_memory(dit.device, dit.transformer)
     if free is None:
         return True
     scale = dit.vae_scale_factor
@@ -215,7 +216,7 @@ def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, gu
     latents = prepare_latents(dit, batch, inputs.height, inputs.width, seed, device, dtype)
 
     # 3. The DiT: the sources' keys/values once, the schedule, then the denoising loop.
-    ensure_on_device(dit, dit.transformer, device)
+    ensure_on_device(dit.transformer, device)
     transformer = dit.transformer
     kv = None
     if sources:
@@ -238,7 +239,7 @@ def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, gu
         uncond = dict(glyphs=negative_embeds.expand(batch, -1, -1), prior_ids=prior_ids, prior_drop=drop,
                       read_sources=keep if kv else None)
     for t in timesteps:
-        runtime.check_interrupted()
+        host().check_interrupted()
         latent_input = latents.to(dtype)
         timestep = t.expand(batch) - 1  # the DiT was trained on t-1 (see make_scheduler)
         if do_cfg and batched:
@@ -262,10 +263,10 @@ def decode_latents(vae_model: VAEModel, latents: torch.Tensor, tiled: bool | Non
 
     `tiled` None = tiled only when one whole picture would not fit in free VRAM
     (diffusers' own tiled decode, whose tiles blend over their overlaps)."""
-    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    ensure_on_device(vae_model.vae, vae_model.device)
     latents = vae_model.latent_stats.denormalise(latents.to(vae_model.device, vae_model.dtype))
     if tiled is None:
-        free = runtime.free_vram(vae_model.device, patcher_of(vae_model))
+        free = host().free_memory(vae_model.device, vae_model.vae)
         tiled = free is not None and free < vram_plan.vae_decode_bytes(
             vae_model.vae.config, latents.shape[-2], latents.shape[-1], vae_model.dtype.itemsize)
     pictures = []
