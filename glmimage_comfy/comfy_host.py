@@ -33,8 +33,10 @@ import folder_paths
 from ..glmimage_core.memory.host import CastOps, Room, install_host
 from ..glmimage_core.weights.model_folders import FOLDER_NAME
 
-#: module -> its one ModelPatcher. A patcher holds its module, so an entry lives until `forget` (the model
-#: caches call it when they drop a model) or until the module and patcher are garbage together.
+#: module -> its one ModelPatcher. A patcher holds its module, so an entry lives until `forget`: the model caches
+#: call it when they drop a model (and so does a benchmark that prepared one itself); the fresh copies ComfyUI's
+#: deep clones make (native_patcher.fresh_native_model, vae.fresh_vae_patcher) are owned by their clone and
+#: never entered here.
 _PATCHERS: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 #: module -> ComfyUI objects made for it (its ComfyUI VAE), dropped with it by `forget`.
 _COMPANIONS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -152,10 +154,6 @@ class ComfyHost:
 
     cast_ops = CastOps(comfy.ops.disable_weight_init, comfy.ops.manual_cast)
 
-    def __init__(self) -> None:
-        # Bound once: the per-token cancel check is one call, no lookup.
-        self.check_interrupted = mm.throw_exception_if_processing_interrupted
-
     # devices
     def compute_device(self, choice: str) -> torch.device:
         return mm.get_torch_device()
@@ -222,6 +220,10 @@ class ComfyHost:
         mm.soft_empty_cache()
 
     # a run
+    def check_interrupted(self) -> None:
+        """ComfyUI's cancel button (a flag under a lock): raises its InterruptProcessingException."""
+        mm.throw_exception_if_processing_interrupted()
+
     def progress_bar(self, total: int):
         return comfy.utils.ProgressBar(total)
 

@@ -88,9 +88,9 @@ def fresh_native_model(path: str, dtype: torch.dtype, device: str, weight_dtype,
     copy onto the fresh copy."""
     dit = decoder_loading.fresh_dit(path, dtype, device, weight_dtype, scheduler_config, latent_stats,
                                     vae_scale_factor)
-    patcher = _new_patcher(dit, preview_factors, disable_dynamic)
-    adopt(dit.transformer, patcher)
-    return patcher
+    # Not entered in the host's table (`adopt`): the copy belongs to the clone that asked for it and goes with it;
+    # nothing looks its patcher up by its module.
+    return _new_patcher(dit, preview_factors, disable_dynamic)
 
 
 LIMIT_WRAPPER_KEY = "glm_image_vram_limit"

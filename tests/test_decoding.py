@@ -166,7 +166,7 @@ def test_prompt_override_changes_glyphs(dec_bundle):
 def test_bf16_bundle_decodes(dec_root):
     bundle = load_decoder(str(dec_root), dtype="bf16", device="cpu")
     try:
-        assert bundle.transformer.dtype == torch.bfloat16 and bundle.vae_dtype == torch.bfloat16
+        assert bundle.dit.transformer.dtype == torch.bfloat16 and bundle.vae_model.dtype == torch.bfloat16
         out = decode_prior(bundle, t2i_prior(), steps=2, seed=0)
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
     finally:
@@ -346,11 +346,11 @@ def test_components_from_separate_folders(tmp_path, dec_root):
     folders = {name: str(root / name) for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
     try:
         bundle = load_decoder(dtype="fp32", device="cpu", **folders)
-        assert bundle.codebook_size == TINY_CODEBOOK
+        assert bundle.dit.codebook_size == TINY_CODEBOOK
         assert load_decoder(folders, dtype="fp32", device="cpu") is bundle
         mixed = load_decoder(str(dec_root), dtype="fp32", device="cpu", vae=folders["vae"])
-        assert mixed.vae is bundle.vae  # one copy per component folder, shared by the bundles using it
-        assert mixed.transformer is not bundle.transformer
+        assert mixed.vae_model is bundle.vae_model  # one copy per component folder, shared by the bundles using it
+        assert mixed.dit.transformer is not bundle.dit.transformer
         out = decode_prior(mixed, t2i_prior(), steps=1)
         assert out.shape == (1, 128, 96, 3)
         with pytest.raises(GlmImageInputError, match="unknown decoder component"):

@@ -308,7 +308,7 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
     strength = 0.8
     targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
     lora = {f"transformer.{key}": value for key, value in
-            random_lora(bundle.transformer, targets, scale=0.2).items()}
+            random_lora(bundle.dit.transformer, targets, scale=0.2).items()}
     save_file(lora, str(tmp_path / "glm_lora.safetensors"))
     loaded = comfy.utils.load_torch_file(str(tmp_path / "glm_lora.safetensors"))
     with_lora, _ = comfy.sd.load_lora_for_models(model, None, loaded, strength, 0)  # what LoraLoaderModelOnly does
@@ -329,7 +329,7 @@ def merged_by_hand(pk, bundle, lora, scales: dict):
 
     # ComfyUI leaves the last sampled MODEL's patches merged into the shared weights until it unloads it
     comfy.model_management.unload_all_models()
-    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.transformer), lock=threading.Lock())
+    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.dit.transformer), lock=threading.Lock())
     for name, scale in scales.items():
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
         merged.transformer.get_submodule(name).weight.data += scale * delta
@@ -351,7 +351,7 @@ def write_diffusers_lora(bundle, folder, file_name: str, targets: list[str], ran
     adapter settings both prefixed 'transformer.', the settings as JSON in 'lora_adapter_metadata')."""
     from diffusers.loaders.lora_base import LoraBaseMixin
 
-    layers = random_lora(bundle.transformer, targets, rank, seed=len(file_name), scale=0.2)
+    layers = random_lora(bundle.dit.transformer, targets, rank, seed=len(file_name), scale=0.2)
     LoraBaseMixin._save_lora_weights(save_directory=str(folder), lora_layers={"transformer": layers},
                                      lora_metadata={"transformer": {"r": rank, **config}}, weight_name=file_name)
     return {f"transformer.{key}": value for key, value in layers.items()}
@@ -416,7 +416,7 @@ def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
     budget = model.model_size() // 5
     streamed = sampling.decode_with_comfy(bundle, prior, None, 6, 1.5, 3, source, max_resident=budget)
     assert model.loaded_size() <= budget < model.model_size()
-    assert sum(getattr(m, "comfy_cast_weights", False) for m in bundle.transformer.modules()) > 10
+    assert sum(getattr(m, "comfy_cast_weights", False) for m in bundle.dit.transformer.modules()) > 10
     assert torch.equal(streamed, full)
 
 
@@ -489,7 +489,7 @@ def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_pic
     clones = deep_clones(model)
     for clone in clones:
         assert type(clone.model) is type(model.model) and clone.model is not model.model
-        assert clone.model.dit.transformer is not bundle.transformer
+        assert clone.model.dit.transformer is not bundle.dit.transformer
         assert not storages(clone.model) & storages(model.model)
         assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
     assert pk("glmimage_comfy.comfy_host").patcher_of(bundle.dit.transformer) is model  # the cached DiT keeps its one patcher
@@ -585,7 +585,7 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     pixels = picture(64, 96)[None]
     encoded = vae.encode(pixels)
     with torch.no_grad():
-        expected = bundle.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+        expected = bundle.vae_model.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
     torch.testing.assert_close(encoded, expected, atol=1e-6, rtol=0)
 
 
