@@ -69,8 +69,11 @@ BLOCKED_RUN = textwrap.dedent("""
                if m.name != "glmimage_core.__main__"]  # runs the command line on import
     for name in modules:
         importlib.import_module(name)
+    from pathlib import Path
     from glmimage_core.cli import main
-    code = main(["generate", "--prompt", 'a sign that says "hi"', "--shape", "<sop>2 3<eop>", "--steps", "1",
+    from glmimage_core.demo.decoder import build_tiny_full_hub_layout
+    model = str(build_tiny_full_hub_layout(Path({out!r}) / "tiny-glm-image"))
+    code = main(["generate", "--model", model, "--prompt", 'a sign that says "hi"', "--shape", "<sop>2 3<eop>", "--steps", "1",
                  "--dtype", "fp32", "--device", "cpu", "--out", {out!r}, "--name", "seam"])
     assert code == 0, code
     print("MODULES", len(modules))
@@ -79,8 +82,8 @@ BLOCKED_RUN = textwrap.dedent("""
 
 
 def test_the_engine_imports_and_generates_where_comfyui_cannot_be_imported(tmp_path):
-    """Every glmimage_core module imports, and `python -m glmimage_core generate` (tiny random model, tokens and
-    a one-step decode) runs, with ComfyUI's modules unimportable; none of them is even tried."""
+    """Every glmimage_core module imports, and `python -m glmimage_core generate` (on a tiny random model built
+    there, tokens and a one-step decode) runs, with ComfyUI's modules unimportable; none of them is even tried."""
     code = BLOCKED_RUN.format(blocked=COMFY_MODULES, repo=str(REPO), out=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
@@ -88,7 +91,7 @@ def test_the_engine_imports_and_generates_where_comfyui_cannot_be_imported(tmp_p
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("MODULES", "TRIED")))
     assert int(lines["MODULES"]) > 30  # the whole engine, every room
     assert lines["TRIED"] == "[]", f"the engine tried to import ComfyUI: {lines['TRIED']}"
-    written = {p.name for p in tmp_path.iterdir()}
+    written = {p.name for p in tmp_path.iterdir() if p.is_file()}
     assert {"seam_tokens.safetensors", "seam_tokens_preview.png", "seam.png"} <= written, written
 
 
