@@ -43,4 +43,4 @@ def test_bench_seam_compares_the_pack_with_plain_generate_on_both_hosts(tmp_path
     for row in result["hosts"].values():
         assert row["tokens"]["pack"] == row["tokens"]["raw generate"] > 0  # same seed, same tokens
         assert len(row["seconds"]["pack"]) == len(row["seconds"]["raw generate"]) == row["rounds"] == 2
-        assert row["ratio"] > 0
+        assert row["ratio"] > 0 and row["ratio_of_fastest"] > 0 and row["cpu_ratio"] > 0
