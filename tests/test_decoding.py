@@ -332,7 +332,7 @@ def test_cache_returns_same_bundle_and_keeps_one_per_path(tmp_path):
         assert load_decoder(str(root), dtype="auto", device="cpu") is first  # tiny checkpoint is fp32
         assert load_decoder(str(tmp_path / "cache" / ".." / "cache"), dtype="fp32", device="cpu") is first
         second = load_decoder(str(root), dtype="bf16", device="cpu")
-        assert second is not first and second.dtype == torch.bfloat16
+        assert second is not first and second.dit.dtype == torch.bfloat16
         assert [b for b in cached_decoders() if b.path == first.path] == [second]
         assert load_decoder(str(root), dtype="fp32", device="cpu") is not first
         assert len([b for b in cached_decoders() if b.path == first.path]) == 1
