@@ -22,9 +22,8 @@ from ..glmimage_core.dit.fit import step_bytes, vae_decode_must_tile
 from ..glmimage_core.dit.guidance import branches_for, uses_guidance
 from ..glmimage_core.dit.schedule import unshifted_sigmas
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.memory.comfy_memory import patcher_of
 from ..glmimage_core.payloads import DecoderBundle, DiTModel, PriorTokens
-from ..glmimage_core.memory.host import free_vram
+from .comfy_host import free_vram, patcher_of
 from .token_conditioning import build_conditioning
 from .flow_sampling import require_flow_sampling, timestep_scale
 from .native_patcher import native_model, with_vram_limit
@@ -58,16 +57,16 @@ def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> s
     if dit.device.type == "cpu":
         return None
     working = step_bytes(dit, prior.height, prior.width, prior.batch_size * len(branches_for(guidance)))
-    weights = vram_plan.resident_bytes(dit.inventory, vram_plan.WeightOption(dit.weight_dtype))
+    weights = vram_plan.resident_bytes(dit.inventory, vram_plan.WeightOption(dit.weight_dtype.label))
     shape = f"{prior.width}x{prior.height} px" + (f", {prior.batch_size} pictures" if prior.batch_size > 1 else "")
-    patcher = patcher_of(dit)
+    patcher = patcher_of(dit.transformer)
     free = free_vram(dit.device, patcher) + (patcher.loaded_size() if patcher else 0)
     refused = vram_plan.streaming_message("GLM-Image's DiT", vram_plan.largest_layer_bytes(dit.transformer),
                                           working, free, shape)
     if refused:
         raise GlmImageInputError(refused)
     scale = dit.vae_scale_factor
-    vae_bytes = vram_plan.vae_decode_bytes(bundle.vae.config, prior.height // scale, prior.width // scale)
+    vae_bytes = vram_plan.vae_decode_bytes(bundle.vae_model.vae.config, prior.height // scale, prior.width // scale)
     streamed = " (the rest streams from RAM each step)" if weights + working > free else ""
     return (f"VRAM for this decode at {shape}: DiT {vram_plan.gb(weights)} weights + {vram_plan.gb(working)} per "
             f"step{streamed}; VAE decode {vram_plan.gb(vae_bytes)} (tiled if short).")
@@ -93,12 +92,13 @@ def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | N
 
 def describe_dit(dit: DiTModel) -> str:
     """What the DiT loaders report: the DiT's bytes on the GPU with its weight_dtype and with the others."""
-    return vram_plan.describe_weights("GLM-Image DiT", dit.inventory, vram_plan.WeightOption(dit.weight_dtype),
+    return vram_plan.describe_weights("GLM-Image DiT", dit.inventory, vram_plan.WeightOption(dit.weight_dtype.label),
                                       vram_plan.DIT_OPTIONS, dit.dtype)
 
 
 def describe_decoder(bundle: DecoderBundle) -> str:
     """What the decoder loader reports: the DiT's bytes on the GPU per option, plus the VAE and glyph encoder."""
     text = describe_dit(bundle.dit)
-    others = sum(p.numel() * p.element_size() for m in (bundle.vae, bundle.text_encoder) for p in m.parameters())
+    others = sum(p.numel() * p.element_size() for m in (bundle.vae_model.vae, bundle.glyph.text_encoder)
+                 for p in m.parameters())
     return text + f"; VAE + glyph encoder {vram_plan.gb(others)}"

@@ -38,8 +38,9 @@ NODES: list[type[io.ComfyNode]] = [
 
 
 class GlmImageExtension(ComfyExtension):
-    """The pack's nodes. The models folder and the LoRA keys are registered by `comfy_entrypoint` (the
-    package's __init__.py): ComfyUI 0.3.75 never calls `on_load`, 0.33.0 calls it after the entrypoint."""
+    """The pack's nodes. The engine's ComfyUI host (with the models folder) and the LoRA keys are installed by
+    `comfy_entrypoint` (the package's __init__.py): ComfyUI 0.3.75 never calls `on_load`, 0.33.0 calls it after
+    the entrypoint."""
 
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -41,7 +41,7 @@ def test_one_safetensors_header_reader_and_one_pixels_per_token():
 
 
 def test_weight_dtype_is_turned_into_a_dtype_in_one_place():
-    """The loaders turn `weight_dtype` into a storage dtype (with its checks) through cast_layers.weight_dtype_in
+    """The loaders turn `weight_dtype` into a storage dtype (with its checks) through cast_layers.parse_weight_dtype
     only: no module parses or checks it on its own."""
     users = [str(path.relative_to(REPO)) for folder in ("glmimage_core", "glmimage_comfy", "nodes")
              for path in (REPO / folder).rglob("*.py")

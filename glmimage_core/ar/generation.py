@@ -22,7 +22,7 @@ from ..memory import vram_plan
 from .residency import ar_needs, ar_on_device, ar_residency
 from .compiled_step import ARStepTimes, graph_friendly_ar_steps
 from ..payloads import ARModel, GeneratedTokens, GlmImageInputs
-from ..memory.host import Progress, check_interrupted, preview_size, progress_bar
+from ..memory.host import Progress, host
 from ..tokens.grid_preview import LiveGridPreview, model_palette
 
 
@@ -68,6 +68,7 @@ class _PerTokenHook:
     def __init__(self, progress: Progress, total: int, prompt_length: int,
                  preview: LiveGridPreview | None = None) -> None:
         self.progress, self.total, self.prompt_length = progress, total, prompt_length
+        self.check_interrupted = host().check_interrupted  # looked up once per run, called once per token
         self.interval = REPORT_INTERVAL_S
         self.preview = preview if callable(getattr(progress, "update_absolute", None)) else None
         self.sampled = 0
@@ -76,7 +77,7 @@ class _PerTokenHook:
         self._ids: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        check_interrupted()
+        self.check_interrupted()
         self.sampled += 1
         self._ids = input_ids
         now = time.monotonic()
@@ -190,7 +191,7 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
         raise GlmImageInputError(f"images={images}: choose 1 .. {MAX_IMAGES} pictures per run")
     seeds = derived_seeds(seed, images)
     max_new = inputs.shape.max_new_tokens(inputs.mode)
-    progress = progress if progress is not None else progress_bar(max_new)
+    progress = progress if progress is not None else host().progress_bar(max_new)
     notes: list[str] = []
     residency = ar_residency(ar, inputs, images, allow_streaming or vram_limit is not None)
     residency.max_resident = vram_limit
@@ -202,7 +203,7 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
         palette = model_palette(ar.model, ar.codebook_size)
         hook = _PerTokenHook(progress, max_new, inputs.input_length,
                              LiveGridPreview(inputs.shape, inputs.mode, ar.codebook_size, palette,
-                                             max_px=preview_size()))
+                                             max_px=host().preview_size()))
         extra, note = speed_kwargs(speed, device, compile_config)
         model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                         for k, v in inputs.model_inputs.items()}

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from ..memory.comfy_memory import ensure_on_device
+from ..memory.placement import ensure_on_device
 from ..payloads import GlyphEncoder
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
@@ -39,7 +39,7 @@ def encode_glyphs(glyph: GlyphEncoder, prompt: str, device: torch.device, dtype:
     No glyph text encodes "" (just the EOS byte), which is also what the
     unconditional branch uses. Puts the encoder on its device first.
     """
-    ensure_on_device(glyph, glyph.text_encoder, glyph.device)
+    ensure_on_device(glyph.text_encoder, glyph.device)
     texts = get_glyph_texts(prompt) or [""]
     pad = glyph.tokenizer.pad_token_id
     input_ids = glyph.tokenizer(texts, max_length=MAX_GLYPH_BYTES, truncation=True).input_ids

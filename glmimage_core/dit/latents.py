@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..images import source_pixels
-from ..memory import host as runtime
-from ..memory.comfy_memory import ensure_on_device, patcher_of
+from ..memory.host import host
+from ..memory.placement import ensure_on_device
 from ..payloads import DiTModel, LatentStats, VAEModel
 from .fit import vae_decode_must_tile
 from .forward import SourceKV, build_source_kv
@@ -46,7 +46,7 @@ def vae_decode(vae: torch.nn.Module, latents: torch.Tensor, tiled: bool = False)
 
 def encode_sources(vae_model: VAEModel, images: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each source image, resized to 32 px per source token, through the VAE: raw [1,C,h,w] latents."""
-    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    ensure_on_device(vae_model.vae, vae_model.device)
     latents = []
     for image, grid in zip(images, grids):
         pixels = source_pixels(image, grid).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
@@ -67,12 +67,11 @@ def decode_latents(vae_model: VAEModel, latents: torch.Tensor, tiled: bool | Non
 
     One picture at a time (bounds the VAE's peak memory); `tiled` None = tiled
     only when one whole picture would not fit in free VRAM (fit.vae_decode_must_tile)."""
-    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    ensure_on_device(vae_model.vae, vae_model.device)
     latents = vae_model.latent_stats.denormalise(latents.to(vae_model.device, vae_model.dtype))
     if tiled is None:
         tiled = vae_decode_must_tile(vae_model.vae.config, latents.shape[-2], latents.shape[-1],
-                                     vae_model.dtype.itemsize, runtime.free_vram(vae_model.device,
-                                                                                 patcher_of(vae_model)))
+                                     vae_model.dtype.itemsize, host().free_memory(vae_model.device, vae_model.vae))
     pictures = []
     for latent in latents.split(1):
         image = vae_decode(vae_model.vae, latent, tiled)

@@ -42,8 +42,8 @@ from typing import Sequence
 import torch
 
 from ..errors import GlmImageInputError
-from ..memory import host as runtime
-from ..memory.comfy_memory import ensure_on_device, patcher_of
+from ..memory.host import Progress, host
+from ..memory.placement import ensure_on_device
 from ..payloads import DecoderBundle, DiTModel, PriorTokens, d16_ids
 from .decoder_inputs import DecodeInputs, validate
 from .fit import rows_fit
@@ -59,7 +59,7 @@ GUIDANCE_BATCHING = ("auto", "batched", "sequential")
 def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None = None, steps: int = 50,
                  guidance: float = 1.5, seed: int = 0,
                  source_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                 progress: runtime.Progress | None = None, guidance_batching: str = "auto") -> torch.Tensor:
+                 progress: Progress | None = None, guidance_batching: str = "auto") -> torch.Tensor:
     """Render GLM-Image tokens: [N, H, W, 3] float32 pixels in 0..1 on the CPU (ComfyUI's IMAGE).
 
     `prompt` (default: the tokens' own prompt) only feeds the glyph encoder,
@@ -73,7 +73,7 @@ def decode_prior(bundle: DecoderBundle, prior: PriorTokens, prompt: str | None =
     if guidance_batching not in GUIDANCE_BATCHING:
         raise GlmImageInputError(f"guidance_batching {guidance_batching!r} is not one of {list(GUIDANCE_BATCHING)}")
     inputs = validate(bundle, prior, prompt, steps, guidance, source_images)
-    progress = progress if progress is not None else runtime.progress_bar(inputs.steps)
+    progress = progress if progress is not None else host().progress_bar(inputs.steps)
     with bundle.lock, torch.inference_mode():
         return _decode(bundle, inputs, seed, progress, guidance_batching)
 
@@ -83,7 +83,7 @@ def batch_guidance(dit: DiTModel, height: int, width: int, pictures: int, choice
     """Both guidance branches in one forward, unless asked otherwise or free VRAM is short for twice the rows."""
     if choice != "auto":
         return choice == "batched"
-    return rows_fit(dit, height, width, 2 * pictures, runtime.free_vram(dit.device, patcher_of(dit)), extra_bytes)
+    return rows_fit(dit, height, width, 2 * pictures, host().free_memory(dit.device, dit.transformer), extra_bytes)
 
 
 def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, guidance_batching: str) -> torch.Tensor:
@@ -98,7 +98,7 @@ def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, gu
     latents = prepare_latents(dit, batch, inputs.height, inputs.width, seed, device, dtype)
 
     # 2. The DiT: the sources' keys/values once, the schedule, the rows of each forward.
-    ensure_on_device(dit, dit.transformer, device)
+    ensure_on_device(dit.transformer, device)
     transformer = dit.transformer
     kv = source_kv(transformer, sources, [d16_ids(g) for g in inputs.source_grids], dit.latent_stats, scale,
                    device, dtype) if sources else None
@@ -112,7 +112,7 @@ def _decode(bundle: DecoderBundle, inputs: DecodeInputs, seed: int, progress, gu
 
     # 3. Denoise: each forward's velocities, guidance, one Euler step.
     for i, timestep in enumerate(schedule.timesteps):
-        runtime.check_interrupted()
+        host().check_interrupted()
         latent_input = latents.to(dtype)
         predictions = []
         for parts, row in zip(forwards, rows):
