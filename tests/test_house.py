@@ -95,6 +95,22 @@ def test_payloads_import_no_behaviour_module():
     assert not behaviour, f"payloads.py imports behaviour modules: {behaviour}"
 
 
+NOT_IN_THE_ENGINE = ("comfy", "folder_paths", "server", "comfy_execution", "latent_preview", "comfy_api")
+
+
+def test_the_engine_names_no_comfyui_module():
+    """ComfyUI reaches the engine only through the host that glmimage_comfy installs: no module under
+    glmimage_core/ imports ComfyUI or looks it up by name (the import test in test_host_seam runs it without)."""
+    import re as _re
+
+    pattern = _re.compile(r"""(^\s*(from|import)\s+(%s)\b)|(["'](%s)(\.[\w.]+)?["'])""" % (
+        "|".join(NOT_IN_THE_ENGINE), "|".join(NOT_IN_THE_ENGINE)), _re.M)
+    found = {str(path.relative_to(REPO)): sorted({m.group(0).strip() for m in pattern.finditer(
+        path.read_text(encoding="utf-8"))}) for path in python_files("glmimage_core")}
+    found = {name: hits for name, hits in found.items() if hits}
+    assert not found, f"ComfyUI named inside the engine: {found}"
+
+
 def test_no_two_files_share_a_name_across_layers():
     """The engine, the native ComfyUI models and the nodes each name their files for their own job: a name used
     at two layers (conditioning.py, token_files.py before 0.2.1) makes a newcomer open the wrong one."""
