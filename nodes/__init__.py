@@ -4,6 +4,7 @@ from typing_extensions import override
 
 from .api import ComfyExtension, io
 
+from .ar_lora import GLMImageARLoraLoader
 from .conditioning import GLMImageConditioning, GLMImageScheduler
 from .decoder import GLMImageDecode, GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
@@ -33,6 +34,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageConditioning,
     GLMImageScheduler,
     GLMImageLoraLoader,
+    GLMImageARLoraLoader,
 ]
 
 

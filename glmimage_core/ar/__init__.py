@@ -1,0 +1,1 @@
+"""The AR stage: prompt, loading, generation, residency, LoRAs."""

@@ -1,0 +1,1 @@
+"""Weight files and formats: safetensors headers, cast layers, model folders, PEFT adapters."""
