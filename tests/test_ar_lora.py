@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from glmimage_core.demo_models import peft_merged_ar_model, random_ar_lora
 
-PROMPT = "a red fox <sop>4 5<eop>"  # 4 x 5 tokens: not square
+PROMPT = "make the fox red <sop>4 5<eop>"  # 4 x 5 tokens: not square
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,10 @@ def comfy_ar(pk, tiny_ar_dir):
 
 @pytest.fixture(scope="module")
 def inputs(pk, comfy_ar):
-    return pk("glmimage_core.ar_prompt").prepare_inputs(comfy_ar.processor, PROMPT)
+    """Image-to-image (the vision tower and the VQ codebook run too): 21 tokens to sample, where text-to-image
+    samples a 16 x 16 preview grid first (once, in the first test)."""
+    source = torch.rand(64, 96, 3, generator=torch.Generator().manual_seed(5))
+    return pk("glmimage_core.ar_prompt").prepare_inputs(comfy_ar.processor, PROMPT, images=[source])
 
 
 def tokens(pk, ar, inputs, **options) -> torch.Tensor:
@@ -109,6 +112,9 @@ def test_tokens_equal_transformers_with_the_adapter_merged_by_peft(pk, comfy_ar,
     assert ours.shape == (1, inputs.shape.max_new_tokens(inputs.mode))
     assert torch.equal(ours, reference(tiny_ar_dir, inputs, [(loras["attn"], strength)]))
     assert not torch.equal(ours, tokens(pk, comfy_ar, inputs))  # the LoRA changed the tokens
+    if strength == 1:  # text to image too
+        t2i = pk("glmimage_core.ar_prompt").prepare_inputs(comfy_ar.processor, "a red fox <sop>4 5<eop>")
+        assert torch.equal(tokens(pk, with_lora, t2i), reference(tiny_ar_dir, t2i, [(loras["attn"], 1.0)]))
 
 
 def test_strength_0_is_no_lora_and_the_base_model_stays_as_loaded(pk, comfy_ar, inputs, loras, loras_folder,
