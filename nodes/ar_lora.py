@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..glmimage_comfy.ar_lora import load_ar_lora, lora_choices
+from ..glmimage_comfy.ar_lora_patches import load_ar_lora, lora_choices
 from .api import io
 from .messages import show_message
 from .sockets import CATEGORY, GlmImageAR

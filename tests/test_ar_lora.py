@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glmimage_core.demo_models import peft_merged_ar_model, random_ar_lora
+from glmimage_core.demo.models import peft_merged_ar_model, random_ar_lora
 
 PROMPT = "make the fox red <sop>4 5<eop>"  # 4 x 5 tokens: not square
 
@@ -50,7 +50,7 @@ def loras_folder(tmp_path, monkeypatch, comfy_pack):
 @pytest.fixture(scope="module")
 def comfy_ar(pk, tiny_ar_dir):
     """The tiny AR model as the loader node loads it inside ComfyUI (cast layers, a ComfyUI patcher)."""
-    return pk("glmimage_core.ar_loading").load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")
+    return pk("glmimage_core.ar.loading").load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,11 @@ def inputs(pk, comfy_ar):
     """Image-to-image (the vision tower and the VQ codebook run too): 21 tokens to sample, where text-to-image
     samples a 16 x 16 preview grid first (once, in the first test)."""
     source = torch.rand(64, 96, 3, generator=torch.Generator().manual_seed(5))
-    return pk("glmimage_core.ar_prompt").prepare_inputs(comfy_ar.processor, PROMPT, images=[source])
+    return pk("glmimage_core.ar.chat_prompt").prepare_inputs(comfy_ar.processor, PROMPT, images=[source])
 
 
 def tokens(pk, ar, inputs, **options) -> torch.Tensor:
-    generate = pk("glmimage_core.ar_generate")
+    generate = pk("glmimage_core.ar.generation")
     return generate.generate_tokens(ar, inputs, sampling=generate.SamplingSettings(do_sample=False),
                                     **options).sequences
 
@@ -105,7 +105,7 @@ def base_weights_equal_the_file(ar, tiny_ar_dir) -> bool:
 def test_tokens_equal_transformers_with_the_adapter_merged_by_peft(pk, comfy_ar, inputs, loras, loras_folder,
                                                                    tiny_ar_dir, strength):
     name = put(loras_folder, loras["attn"], "attn")
-    assert name in pk("glmimage_comfy.ar_lora").lora_choices()
+    assert name in pk("glmimage_comfy.ar_lora_patches").lora_choices()
     with_lora = apply(pk, comfy_ar, name, strength)
     assert with_lora is not comfy_ar and with_lora.model is comfy_ar.model  # one module, patched on load
     ours = tokens(pk, with_lora, inputs)
@@ -113,7 +113,7 @@ def test_tokens_equal_transformers_with_the_adapter_merged_by_peft(pk, comfy_ar,
     assert torch.equal(ours, reference(tiny_ar_dir, inputs, [(loras["attn"], strength)]))
     assert not torch.equal(ours, tokens(pk, comfy_ar, inputs))  # the LoRA changed the tokens
     if strength == 1:  # text to image too
-        t2i = pk("glmimage_core.ar_prompt").prepare_inputs(comfy_ar.processor, "a red fox <sop>4 5<eop>")
+        t2i = pk("glmimage_core.ar.chat_prompt").prepare_inputs(comfy_ar.processor, "a red fox <sop>4 5<eop>")
         assert torch.equal(tokens(pk, with_lora, t2i), reference(tiny_ar_dir, t2i, [(loras["attn"], 1.0)]))
 
 
@@ -128,13 +128,13 @@ def test_strength_0_is_no_lora_and_the_base_model_stays_as_loaded(pk, comfy_ar, 
     assert base_weights_equal_the_file(comfy_ar, tiny_ar_dir)
     assert torch.equal(tokens(pk, with_lora, inputs, offload_after=True), first)
     assert torch.equal(tokens(pk, comfy_ar, inputs), plain)
-    assert pk("glmimage_core.ar_loading").load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu") is comfy_ar
+    assert pk("glmimage_core.ar.loading").load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu") is comfy_ar
 
 
 def test_two_loras_chain_with_rank_and_alpha_patterns_and_rslora(pk, comfy_ar, inputs, loras, loras_folder,
                                                                  tiny_ar_dir):
     attn, mlp = put(loras_folder, loras["attn"], "attn"), put(loras_folder, loras["mlp"], "mlp")
-    layers = pk("glmimage_core.ar.lora").read_ar_lora(loras_folder / "mlp", comfy_ar.model).layers
+    layers = pk("glmimage_core.ar.lora_adapters").read_ar_lora(loras_folder / "mlp", comfy_ar.model).layers
     scales = {layer.module.split("layers.")[1]: (layer.rank, layer.scale) for layer in layers}
     assert scales["0.mlp.down_proj"] == (2, pytest.approx(6 / 2 ** 0.5))  # rank_pattern, rsLoRA
     assert scales["1.self_attn.o_proj"] == (4, pytest.approx(1 / 2))  # alpha_pattern
@@ -148,7 +148,7 @@ def test_a_streamed_ar_model_gets_the_lora_in_its_cast_layers(pk, comfy_ar, inpu
     """ComfyUI's partial load: streamed cast layers apply the patches per forward (its lowvram patches)."""
     with_lora = apply(pk, comfy_ar, put(loras_folder, loras["attn"], "attn"), 1.0)
     full = tokens(pk, with_lora, inputs)
-    patcher = pk("glmimage_core.comfy_memory").patcher_of(with_lora)
+    patcher = pk("glmimage_core.memory.comfy_memory").patcher_of(with_lora)
     streamed = tokens(pk, with_lora, inputs, vram_limit=patcher.model_size() // 4)
     assert patcher.loaded_size() < patcher.model_size()
     assert sum(getattr(m, "comfy_cast_weights", False) for m in comfy_ar.model.modules()) > 10
@@ -156,7 +156,7 @@ def test_a_streamed_ar_model_gets_the_lora_in_its_cast_layers(pk, comfy_ar, inpu
 
 
 def test_fp8_weights_take_the_lora_and_keep_their_base(pk, tiny_ar_dir, inputs, loras, loras_folder):
-    ar_loading = pk("glmimage_core.ar_loading")
+    ar_loading = pk("glmimage_core.ar.loading")
     fp8 = ar_loading.load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", weight_dtype="fp8_e4m3fn")
     q_proj = fp8.model.model.language_model.layers[0].self_attn.q_proj
     before = q_proj.weight.detach().clone()
@@ -172,17 +172,17 @@ def test_fp8_weights_take_the_lora_and_keep_their_base(pk, tiny_ar_dir, inputs, 
 
 
 def test_one_file_adapter_with_its_config_in_the_metadata(pk, comfy_ar, inputs, loras, loras_folder, tiny_ar_dir):
-    lora_module = pk("glmimage_core.ar.lora")
+    lora_module = pk("glmimage_core.ar.lora_adapters")
     lora_module.write_single_file(loras["attn"], loras_folder / "attn_one_file.safetensors")
     ours = tokens(pk, apply(pk, comfy_ar, "attn_one_file.safetensors", 0.5), inputs)
     assert torch.equal(ours, reference(tiny_ar_dir, inputs, [(loras["attn"], 0.5)]))
     # the same file in models/glm_image/ (a folder of its own) is listed there, marked
-    glm_root = pk("glmimage_core.model_folders").search_roots()[0]
+    glm_root = pk("glmimage_core.weights.model_folders").search_roots()[0]
     (glm_root / "ar-loras").mkdir(exist_ok=True)
     lora_module.write_single_file(loras["attn"], glm_root / "ar-loras" / "attn.safetensors")
     try:
         entry = "ar-loras/attn.safetensors [glm_image]"
-        assert entry in pk("glmimage_comfy.ar_lora").lora_choices()
+        assert entry in pk("glmimage_comfy.ar_lora_patches").lora_choices()
         assert torch.equal(tokens(pk, apply(pk, comfy_ar, entry, 0.5), inputs), ours)
     finally:
         (glm_root / "ar-loras" / "attn.safetensors").unlink()
@@ -197,13 +197,13 @@ def refused(pk, comfy_ar, name: str, match: str):
 
 def test_adapters_of_other_models_are_refused_naming_the_file_and_what_they_target(pk, comfy_ar, loras, loras_folder,
                                                                                   tmp_path_factory):
-    from glmimage_core.demo_decoder import random_lora
+    from glmimage_core.demo.decoder import random_lora
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     # a DiT LoRA (diffusers' keys, alpha in the metadata), as 'Load GLM-Image LoRA' takes it
     dit = tmp_path_factory.mktemp("dit") / "glm"
-    pk("glmimage_core.demo_decoder").build_tiny_full_hub_layout(dit)
+    pk("glmimage_core.demo.decoder").build_tiny_full_hub_layout(dit)
     layers = random_lora(dit / "transformer", ("transformer_blocks.0.attn1.to_q",), seed=1)
     save_file({f"transformer.{k}": v for k, v in layers.items()}, str(loras_folder / "dit.safetensors"),
               metadata={"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 8})})

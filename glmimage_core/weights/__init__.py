@@ -1,1 +1,1 @@
-"""Weight files and formats: safetensors headers, cast layers, model folders, PEFT adapters."""
+"""Weight files and formats: the safetensors header reader, cast layers, model folders, PEFT adapter rules."""

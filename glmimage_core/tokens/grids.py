@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from .errors import GlmImageInputError
-from .payloads import GeneratedTokens, PriorTokens
+from ..errors import GlmImageInputError
+from ..payloads import GeneratedTokens, PriorTokens
 
 
 def extract_prior(tokens: GeneratedTokens) -> PriorTokens:
+    """The grid(s) the decoder is conditioned on, one per picture, from the AR model's sampled ids.
+
+    Skips text-to-image's preview grid; raises `GlmImageInputError` (naming the picture and its seed) when
+    generation ended early or put a non-codebook id inside a grid."""
     shape, mode = tokens.shape, tokens.mode
     offset = shape.grid_offset(mode)
     needed = offset + shape.num_tokens

@@ -5,7 +5,7 @@ tokens' d16 prior ids, kept. Negative: GLM-Image's unguided branch, the empty
 text's glyph embeddings and the same ids, dropped. For image-to-image both
 carry the source images (raw VAE latents + their d16 ids); the positive rows
 read them through the DiT's keys/values, the negative rows do not. The checks
-are the decode node's own (glmimage_core.decode_inputs.validate).
+are the decode node's own (glmimage_core.dit.decoder_inputs.validate).
 
 The MODEL output gets GLM-Image's shift for the tokens' size, unless a stock
 flow model-sampling node (ModelSamplingSD3 / AuraFlow / Flux) was placed before
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..glmimage_core.decode_inputs import validate
-from ..glmimage_core.dit_sampling import encode_glyphs
+from ..glmimage_core.dit.decoder_inputs import validate
+from ..glmimage_core.dit.sampling import encode_glyphs
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids
@@ -95,7 +95,7 @@ def _scheduled(model_patcher, dit: DiTModel, height: int, width: int):
 
 def _encode(vae, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """One source image at 32 px per source token, through the ComfyUI VAE: raw latents [1, C, h, w] on the CPU."""
-    # The decode steps' source pixels (images.source_pixels), in ComfyUI's IMAGE layout: the VAE maps 0..1
+    # The denoising steps' source pixels (images.source_pixels), in ComfyUI's IMAGE layout: the VAE maps 0..1
     # to -1..1 itself.
     pixels = source_pixels(image, grid).unsqueeze(0)
     return vae.encode(pixels).float().cpu()

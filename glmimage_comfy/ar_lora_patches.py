@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..glmimage_core import comfy_memory
-from ..glmimage_core.ar.lora import ARLora, find_adapters, read_ar_lora
+from ..glmimage_core.memory import comfy_memory
+from ..glmimage_core.ar.lora_adapters import ARLora, find_adapters, read_ar_lora
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.model_folders import is_model_folder, search_roots
+from ..glmimage_core.weights.model_folders import is_model_folder, search_roots
 from ..glmimage_core.payloads import ARModel
 
 NO_LORAS = "(no LoRAs in models/loras or models/glm_image)"
