@@ -176,17 +176,43 @@ def test_one_file_adapter_with_its_config_in_the_metadata(pk, comfy_ar, inputs, 
     lora_module.write_single_file(loras["attn"], loras_folder / "attn_one_file.safetensors")
     ours = tokens(pk, apply(pk, comfy_ar, "attn_one_file.safetensors", 0.5), inputs)
     assert torch.equal(ours, reference(tiny_ar_dir, inputs, [(loras["attn"], 0.5)]))
-    # the same file in models/glm_image/ (a folder of its own) is listed there, marked
-    glm_root = pk("glmimage_core.weights.model_folders").search_roots()[0]
-    (glm_root / "ar-loras").mkdir(exist_ok=True)
-    lora_module.write_single_file(loras["attn"], glm_root / "ar-loras" / "attn.safetensors")
-    try:
-        entry = "ar-loras/attn.safetensors [glm_image]"
-        assert entry in pk("glmimage_comfy.ar_lora_patches").lora_choices()
-        assert torch.equal(tokens(pk, apply(pk, comfy_ar, entry, 0.5), inputs), ours)
-    finally:
-        (glm_root / "ar-loras" / "attn.safetensors").unlink()
-        (glm_root / "ar-loras").rmdir()
+    # diffusers' form: keys and settings under the pipeline's component name, settings in lora_adapter_metadata
+    weights = load_file(str(loras["attn"] / "adapter_model.safetensors"))
+    config = json.loads((loras["attn"] / "adapter_config.json").read_text())
+    save_file({k.replace("base_model.model.", "vision_language_encoder."): v for k, v in weights.items()},
+              str(loras_folder / "diffusers_form.safetensors"), metadata={"lora_adapter_metadata": json.dumps(
+                  {f"vision_language_encoder.{k}": config[k] for k in ("r", "lora_alpha", "target_modules")})})
+    read = lambda path: lora_module.read_ar_lora(path, comfy_ar.model).layers  # noqa: E731
+    folder_layers, diffusers_layers = read(loras["attn"]), read(loras_folder / "diffusers_form.safetensors")
+    assert [(a.module, a.scale) for a in folder_layers] == [(b.module, b.scale) for b in diffusers_layers]
+    assert all(torch.equal(a.delta(), b.delta()) for a, b in zip(folder_layers, diffusers_layers))
+
+
+def test_the_dropdown_lists_adapters_under_models_glm_image(pk, comfy_ar, inputs, loras, loras_folder, tmp_path,
+                                                           monkeypatch):
+    import folder_paths
+
+    pk("glmimage_core.weights.model_folders").register_comfy_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["glm_image"]
+    tmp_path = tmp_path / "glm_image"  # (tmp_path itself is models/loras here)
+    tmp_path.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "glm_image", ([str(tmp_path)] + list(paths), extensions))
+    lora_module = pk("glmimage_core.ar.lora_adapters")
+    put(tmp_path, loras["attn"], "peft-folder")
+    (tmp_path / "loras").mkdir()
+    lora_module.write_single_file(loras["attn"], tmp_path / "loras" / "one.safetensors")
+    (tmp_path / "some-model").mkdir()  # a model folder is not entered, whatever it holds
+    (tmp_path / "some-model" / "config.json").write_text("{}")
+    lora_module.write_single_file(loras["attn"], tmp_path / "some-model" / "hidden.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "loras" / "weights.safetensors"))  # no adapter config
+    choices = pk("glmimage_comfy.ar_lora_patches").lora_choices()
+    ours = [c for c in choices if c.endswith(" [glm_image]")]
+    assert ours == ["loras/one.safetensors [glm_image]", "peft-folder/adapter_model.safetensors [glm_image]"]
+    one_file = tokens(pk, apply(pk, comfy_ar, ours[0], 0.5), inputs)
+    assert torch.equal(one_file, tokens(pk, apply(pk, comfy_ar, ours[1], 0.5), inputs))
+    errors = pk("glmimage_core.errors")
+    with pytest.raises(errors.GlmImageInputError, match="'gone.safetensors' is not an adapter under models/glm_image"):
+        apply(pk, comfy_ar, "gone.safetensors [glm_image]", 1.0)
 
 
 def refused(pk, comfy_ar, name: str, match: str):
