@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -155,9 +156,10 @@ def test_a_streamed_ar_model_gets_the_lora_in_its_cast_layers(pk, comfy_ar, inpu
     assert torch.equal(streamed, full)
 
 
-def test_fp8_weights_take_the_lora_and_keep_their_base(pk, tiny_ar_dir, inputs, loras, loras_folder):
-    ar_loading = pk("glmimage_core.ar.loading")
-    fp8 = ar_loading.load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", weight_dtype="fp8_e4m3fn")
+def test_fp8_weights_take_the_lora_and_keep_their_base(pk, tiny_ar_dir, inputs, loras, loras_folder, tmp_path):
+    shutil.copytree(tiny_ar_dir, tmp_path / "fp8-ar")  # a folder of its own: the cache keeps the fp32 model too
+    fp8 = pk("glmimage_core.ar.loading").load_ar_model(str(tmp_path / "fp8-ar"), dtype="fp32", device="cpu",
+                                                       weight_dtype="fp8_e4m3fn")
     q_proj = fp8.model.model.language_model.layers[0].self_attn.q_proj
     before = q_proj.weight.detach().clone()
     plain = tokens(pk, fp8, inputs)
@@ -165,7 +167,6 @@ def test_fp8_weights_take_the_lora_and_keep_their_base(pk, tiny_ar_dir, inputs, 
     assert before.dtype == torch.float8_e4m3fn and not torch.equal(lora, plain)
     assert torch.equal(tokens(pk, fp8, inputs), plain)
     assert torch.equal(q_proj.weight.view(torch.uint8), before.view(torch.uint8))
-    ar_loading.load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")  # the module's model back for others
 
 
 # --------------------------------------------------------------------------- files and refusals
