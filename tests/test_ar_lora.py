@@ -270,3 +270,12 @@ def test_adapters_the_loader_cannot_apply_say_why(pk, comfy_ar, tiny_ar_dir, lor
     refused(pk, comfy_ar, name, r"its config gives model.language_model.layers.0.self_attn.k_proj rank 4 but its "
                                 r"weights have rank 8")
     refused(pk, comfy_ar, "missing.safetensors", r"lora_name: 'missing.safetensors' is not in models/loras/")
+
+
+def test_the_dit_lora_node_sends_an_ar_lora_to_the_ar_lora_node(pk, loras, loras_folder):
+    """Refused before the DiT is touched (ComfyUI would apply none of its keys and only log them)."""
+    name = put(loras_folder, loras["attn"], "attn")
+    errors = pk("glmimage_core.errors")
+    with pytest.raises(errors.GlmImageInputError, match="is a LoRA of GLM-Image's AR model, not of the DiT: apply "
+                                                        "it with 'Load GLM-Image AR LoRA'"):
+        pk("nodes.lora").GLMImageLoraLoader.execute(None, name, 1.0)

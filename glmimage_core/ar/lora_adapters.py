@@ -150,6 +150,15 @@ def _module_of(key: str) -> tuple[str, str] | None:
     return None
 
 
+def is_ar_lora(keys) -> bool:
+    """Whether state-dict `keys` are a PEFT LoRA of the AR model (its text or vision model's layers)."""
+    for key in keys:
+        found = _module_of(key)
+        if found is not None and found[0].startswith(("model.language_model.", "model.visual.")):
+            return True
+    return False
+
+
 def _what_it_targets(modules: list[str], keys: list[str], config: dict | None) -> str:
     joined = " ".join(modules or keys)
     if "transformer_blocks" in joined or any(k.startswith("transformer.") for k in keys):
