@@ -1,8 +1,9 @@
 """PEFT LoRAs on the AR model through ComfyUI's own patch mechanism: the cached base model is never changed.
 
-The AR model is managed by a ComfyUI `ModelPatcher` (comfy_memory). A LoRA'd AR model is a
-copy of the `ARModel` payload (same module, processor and lock) whose patcher is a clone of the
-base's with the LoRA's layers added as patches (`comfy.lora.load_lora` builds ComfyUI's own LoRA
+The AR model is managed by a ComfyUI `ModelPatcher` (comfy_host). A LoRA'd AR model is a
+copy of the `ARModel` payload (same module, processor and lock) that lists the LoRA and its strength
+(`ARModel.loras`: data only); when the generate node places it, the host loads a clone of the base's
+patcher with the LoRA's layers added as patches (comfy_host: one clone per combination) (`comfy.lora.load_lora` builds ComfyUI's own LoRA
 weight adapters from `<module>.lora_A/.lora_B/.alpha`, `add_patches` records them at a strength).
 ComfyUI applies patches when it loads that patcher (`load_models_gpu`, which the generate node
 calls) and restores the base weights when it loads a clone with other patches or unloads it, so
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from ..glmimage_core.memory import comfy_memory
 from ..glmimage_core.ar.lora_adapters import ARLora, find_adapters, read_ar_lora
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.weights.model_folders import is_model_folder, search_roots
@@ -28,7 +28,7 @@ from ..glmimage_core.payloads import ARModel
 
 NO_LORAS = "(no LoRAs in models/loras or models/glm_image)"
 GLM_IMAGE_MARK = " [glm_image]"
-#: Where the AR model sits in its patcher's module (comfy_memory wraps it in a ModuleDict under "model").
+#: Where the AR model sits in its patcher's module (comfy_host wraps it in a ModuleDict under "model").
 HOLDER_PREFIX = "model."
 
 
@@ -86,16 +86,8 @@ def with_ar_lora(ar: ARModel, lora: ARLora, strength: float) -> ARModel:
         raise GlmImageInputError(f"ar_model: a LoRA cannot patch bitsandbytes {ar.quantization} weights; load "
                                  "the AR model with quantization none (weight_dtype fp8_e4m3fn also saves VRAM "
                                  "and takes LoRAs)")
-    base = comfy_memory._patcher(ar, ar.model, ar.device)  # the base's one patcher (made now if not yet)
-    patcher = base.clone()
-    added = patcher.add_patches(comfy_patches(lora), strength)
-    if len(added) != len(lora.layers):
-        missing = sorted({f"{HOLDER_PREFIX}{layer.module}.weight" for layer in lora.layers} - set(added))
-        raise GlmImageInputError(f"lora_name: {lora.source!r}: ComfyUI could not patch {missing[:3]} of the AR "
-                                 "model (a layer it does not manage)")
-    out = dataclasses.replace(ar)  # same module, processor and lock: one generation at a time on these weights
-    comfy_memory.adopt(out, patcher)
-    return out
+    # same module, processor and lock (one generation at a time on these weights); the host patches a clone
+    return dataclasses.replace(ar, loras=ar.loras + ((lora, float(strength)),))
 
 
 def load_ar_lora(ar: ARModel, lora_name: str, strength: float) -> tuple[ARModel, str]:

@@ -149,9 +149,10 @@ def test_a_streamed_ar_model_gets_the_lora_in_its_cast_layers(pk, comfy_ar, inpu
     """ComfyUI's partial load: streamed cast layers apply the patches per forward (its lowvram patches)."""
     with_lora = apply(pk, comfy_ar, put(loras_folder, loras["attn"], "attn"), 1.0)
     full = tokens(pk, with_lora, inputs)
-    patcher = pk("glmimage_core.memory.comfy_memory").patcher_of(with_lora)
-    streamed = tokens(pk, with_lora, inputs, vram_limit=patcher.model_size() // 4)
-    assert patcher.loaded_size() < patcher.model_size()
+    comfy_host = pk("glmimage_comfy.comfy_host")
+    streamed = tokens(pk, with_lora, inputs, vram_limit=comfy_host.patcher_of(with_lora.model).model_size() // 4)
+    patcher = comfy_host.loaded_patcher(with_lora.model)  # the LoRA's clone of the base patcher
+    assert patcher is not comfy_host.patcher_of(with_lora.model) and patcher.loaded_size() < patcher.model_size()
     assert sum(getattr(m, "comfy_cast_weights", False) for m in comfy_ar.model.modules()) > 10
     assert torch.equal(streamed, full)
 
@@ -193,7 +194,7 @@ def test_the_dropdown_lists_adapters_under_models_glm_image(pk, comfy_ar, inputs
                                                            monkeypatch):
     import folder_paths
 
-    pk("glmimage_core.weights.model_folders").register_comfy_folder()
+    pk("glmimage_comfy.comfy_host").register_comfy_folder()
     paths, extensions = folder_paths.folder_names_and_paths["glm_image"]
     tmp_path = tmp_path / "glm_image"  # (tmp_path itself is models/loras here)
     tmp_path.mkdir()
