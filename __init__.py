@@ -8,10 +8,9 @@ root) do not fail.
 
 
 async def comfy_entrypoint():
-    from .glmimage_comfy import lora_keys
-    from .glmimage_core.weights.model_folders import register_comfy_folder
+    from .glmimage_comfy import comfy_host, lora_keys
     from .nodes import GlmImageExtension
 
-    register_comfy_folder()
+    comfy_host.install()  # ComfyUI becomes the engine's host (its model manager, folders, progress, cancel)
     lora_keys.install()  # GLM-Image DiT LoRAs through ComfyUI's stock LoRA loaders
     return GlmImageExtension()

@@ -78,8 +78,9 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, tmp: Path, ar_la
             glyph=GlyphEncoder(text_encoder=text_encoder, tokenizer=ByT5Tokenizer(), path="random T5",
                                dtype=dtype, device=device),
             scheduler=scheduler, path="random decoder")
-    pipe = GlmImagePipeline(tokenizer=bundle.tokenizer, processor=ar.processor, text_encoder=bundle.text_encoder,
-                            vision_language_encoder=ar.model, vae=bundle.vae, transformer=bundle.transformer,
+    pipe = GlmImagePipeline(tokenizer=bundle.glyph.tokenizer, processor=ar.processor,
+                            text_encoder=bundle.glyph.text_encoder, vision_language_encoder=ar.model,
+                            vae=bundle.vae_model.vae, transformer=bundle.dit.transformer,
                             scheduler=bundle.scheduler)
     pipe.set_progress_bar_config(disable=True)
     return ar, bundle, pipe

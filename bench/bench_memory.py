@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from common import REPO, StepClock, machine, quiet_libraries, timed  # noqa: E402
+from common import REPO, StepClock, comfy_pack, machine, quiet_libraries, timed  # noqa: E402
 
 from glmimage_core.demo import real_size  # noqa: E402
 from glmimage_core.memory import vram_plan  # noqa: E402
@@ -49,13 +48,10 @@ GLYPH_BYTES, VAE_BYTES = int(0.83 * 1e9), int(0.16 * GIB)
 
 
 def comfy(device_is_cuda: bool):
-    """ComfyUI's model manager in this process (its cast layers and partial loads are what is measured)."""
+    """ComfyUI's model manager in this process, as the engine's host (its cast layers and partial loads are what
+    is measured)."""
     path = os.environ.get("GLMIMAGE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui"))  # the GPU check: 0.33.0
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    from comfy.cli_args import args
-
-    args.cpu = not device_is_cuda
+    comfy_pack(path, cpu=not device_is_cuda)
     import comfy.model_management as mm
 
     return mm
@@ -158,7 +154,7 @@ def gpu_options(device: torch.device, ar_grid: int = 32, dit_limits: tuple = (No
     from glmimage_core.demo.decoder import LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG
     from glmimage_core.dit.forward import velocity
     from glmimage_core.ar.generation import generate_tokens
-    from glmimage_core.memory.comfy_memory import Residency, ensure_on_device, forget
+    from glmimage_core.memory.placement import Residency, ensure_on_device, forget
     from glmimage_core.ar.chat_prompt import prepare_inputs
     from glmimage_core.shapes import GridShape
 
@@ -174,7 +170,7 @@ def gpu_options(device: torch.device, ar_grid: int = 32, dit_limits: tuple = (No
         m = timed(lambda: generate_tokens(ar, inputs, seed=1), device)
         rows.append({"model": "AR", "option": weight_dtype, "seconds": m.seconds, "grid": ar_grid,
                      "tokens_per_s": shape.max_new_tokens("t2i") / m.seconds, "peak_vram_bytes": m.peak_vram})
-        forget(ar)
+        forget(ar.model)
         ar = model = None  # free before the next option is built
         torch.cuda.empty_cache()
 
@@ -185,7 +181,7 @@ def gpu_options(device: torch.device, ar_grid: int = 32, dit_limits: tuple = (No
                       "latents_std": list(LATENTS_STD)}  # realistic stand-ins, see demo_decoder
         dit = prepare_dit(dit_module, "random", torch.bfloat16, device, dict(SCHEDULER_CONFIG), vae_config,
                           weight_dtype)
-        ensure_on_device(dit, dit.transformer, device, Residency(max_resident=limit))
+        ensure_on_device(dit.transformer, device, Residency(max_resident=limit))
         x = torch.randn(2, 16, 128, 128, device=device, dtype=torch.bfloat16)
         glyphs = torch.randn(2, 16, 1472, device=device, dtype=torch.bfloat16)
         ids = torch.randint(0, 16384, (2, 4096), device=device)
@@ -205,7 +201,7 @@ def gpu_options(device: torch.device, ar_grid: int = 32, dit_limits: tuple = (No
         rows.append({"model": "DiT", "option": weight_dtype + (f", {limit / GIB:.1f} GiB resident" if limit else ""),
                      "limit_bytes": limit,
                      "s_per_step": clock.seconds_per_step(), "peak_vram_bytes": m.peak_vram})
-        forget(dit)
+        forget(dit.transformer)
         dit = dit_module = None
         torch.cuda.empty_cache()
     return rows

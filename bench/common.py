@@ -78,6 +78,32 @@ class StepClock:
         return statistics.median(diffs) if diffs else None
 
 
+PACK = "comfyui_glm_image_pack"
+
+
+def comfy_pack(comfyui: str | Path, cpu: bool):
+    """The pack imported as ComfyUI imports a custom node folder (a package), with ComfyUI's tree on sys.path and
+    `--cpu` as given, and ComfyUI installed as the engine's host, as the pack's entry point does: in the package's
+    copy of the engine and in the top-level `glmimage_core` the benchmarks import. Returns the package module."""
+    import importlib
+    import importlib.util
+
+    if str(comfyui) not in sys.path:
+        sys.path.insert(0, str(comfyui))
+    from comfy.cli_args import args
+
+    args.cpu = cpu
+    if PACK not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = module
+        spec.loader.exec_module(module)
+    installed = importlib.import_module(f"{PACK}.glmimage_comfy.comfy_host").install()
+    importlib.import_module("glmimage_core.memory.host").install_host(installed)
+    return sys.modules[PACK]
+
+
 def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 

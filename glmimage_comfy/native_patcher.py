@@ -21,7 +21,7 @@ import comfy.patcher_extension
 
 from ..glmimage_core.dit import loading as decoder_loading
 from ..glmimage_core.memory import vram_plan
-from ..glmimage_core.memory.comfy_memory import adopt, limit_resident, new_patcher, patcher_of
+from .comfy_host import adopt, limit_resident, new_patcher, patcher_of
 from ..glmimage_core.payloads import DiTModel
 from .flow_sampling import glm_shift
 from .native_model import GlmImageLatentFormat, GlmImageModel, GlmImageModelConfig
@@ -57,17 +57,17 @@ def native_model(dit: DiTModel, preview_factors=None):
     KSampler load, stream and offload the same weights. It is shared by every
     loader of that DiT, so it carries no per-run option: see `with_vram_limit`.
     """
-    patcher = patcher_of(dit)
+    patcher = patcher_of(dit.transformer)
     if patcher is None or not isinstance(patcher.model, GlmImageModel):
         patcher = _new_patcher(dit, preview_factors)
-        adopt(dit, patcher)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
+        adopt(dit.transformer, patcher)  # a generic patcher made before (plain Python use inside ComfyUI) gives way
     return patcher
 
 
 def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
     fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
     config = GlmImageModelConfig(fmt, glm_shift(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX),
-                                 dit.dtype if dit.weight_dtype != "default" else None)
+                                 None if dit.weight_dtype.is_default else dit.dtype)
     model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
     patcher = new_patcher(model, dit.device, comfy.model_management.unet_offload_device(), disable_dynamic)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, _clear_source_kv)
@@ -79,7 +79,7 @@ def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
     return patcher
 
 
-def fresh_native_model(path: str, dtype: torch.dtype, device: str, weight_dtype: str, scheduler_config: dict,
+def fresh_native_model(path: str, dtype: torch.dtype, device: str, weight_dtype, scheduler_config: dict,
                        latent_stats, vae_scale_factor: int, preview_factors=None, disable_dynamic: bool = False):
     """A MODEL over a DiT loaded anew from `path` (not the pack's cached one): the `cached_patcher_init`
     factory of the pack's MODELs. The copy holds weights of its own and samples exactly what the original
@@ -88,9 +88,9 @@ def fresh_native_model(path: str, dtype: torch.dtype, device: str, weight_dtype:
     copy onto the fresh copy."""
     dit = decoder_loading.fresh_dit(path, dtype, device, weight_dtype, scheduler_config, latent_stats,
                                     vae_scale_factor)
-    patcher = _new_patcher(dit, preview_factors, disable_dynamic)
-    adopt(dit, patcher)
-    return patcher
+    # Not entered in the host's table (`adopt`): the copy belongs to the clone that asked for it and goes with it;
+    # nothing looks its patcher up by its module.
+    return _new_patcher(dit, preview_factors, disable_dynamic)
 
 
 LIMIT_WRAPPER_KEY = "glm_image_vram_limit"

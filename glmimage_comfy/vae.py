@@ -24,7 +24,9 @@ import comfy.model_management
 import comfy.sd
 
 from ..glmimage_core.memory import vram_plan
-from ..glmimage_core.memory.comfy_memory import adopt, ensure_on_device, new_patcher
+from ..glmimage_core.memory.placement import ensure_on_device
+from ..glmimage_core.dit.latents import vae_decode, vae_encode
+from .comfy_host import adopt, companions, new_patcher
 from ..glmimage_core.dit.loading import fresh_vae
 from ..glmimage_core.payloads import VAEModel
 
@@ -32,17 +34,18 @@ log = logging.getLogger("GLM-Image")
 
 
 class VAEAdapter(torch.nn.Module):
-    """What ComfyUI's VAE calls `first_stage_model`: encode -> latent mode, decode -> pixels in -1..1."""
+    """What ComfyUI's VAE calls `first_stage_model`: encode -> latent mode, decode -> pixels in -1..1 (the
+    engine's `vae_encode` / `vae_decode`, which its own loop calls too)."""
 
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
         self.vae = vae
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels).latent_dist.mode()
+        return vae_encode(self.vae, pixels)
 
     def decode(self, latents: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.vae.decode(latents, return_dict=False)[0]
+        return vae_decode(self.vae, latents)
 
 
 class _QuietEmptyInit(logging.Filter):
@@ -84,12 +87,14 @@ class GlmImageVAE(comfy.sd.VAE):
 
 
 def comfy_vae(vae_model: VAEModel) -> GlmImageVAE:
-    """The ComfyUI `VAE` of a loaded GLM-Image VAE; one per VAE, and its patcher is the VAE's one patcher."""
-    vae = getattr(vae_model, "_glmimage_comfy_vae", None)
+    """The ComfyUI `VAE` of a loaded GLM-Image VAE; one per VAE, and its patcher is the VAE's one patcher
+    (both kept by the ComfyUI host, beside the VAE's module, not on the VAEModel)."""
+    made = companions(vae_model.vae)
+    vae = made.get("comfy_vae")
     if vae is None:
         vae = GlmImageVAE(vae_model)
-        vae_model._glmimage_comfy_vae = vae
-        adopt(vae_model, vae.patcher)  # a generic patcher made before gives way
+        adopt(vae_model.vae, vae.patcher)  # a generic patcher made before gives way
+        made["comfy_vae"] = vae
     return vae
 
 
@@ -113,9 +118,9 @@ def preview_factors(vae_model: VAEModel, pictures: int = 12, size: int = 128, se
     g = torch.Generator().manual_seed(seed)
     blocks = torch.rand(pictures, 3, size // 16, size // 16, generator=g)
     images = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest") * 2 - 1
-    ensure_on_device(vae_model, vae_model.vae, vae_model.device)
+    ensure_on_device(vae_model.vae, vae_model.device)
     with torch.inference_mode():
-        raw = vae_model.vae.encode(images.to(vae_model.device, vae_model.dtype)).latent_dist.mode().float().cpu()
+        raw = vae_encode(vae_model.vae, images.to(vae_model.device, vae_model.dtype)).float().cpu()
     return fit_rgb_factors(vae_model.latent_stats.normalise(raw), torch.nn.functional.avg_pool2d(images, scale))
 
 

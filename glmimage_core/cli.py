@@ -97,7 +97,7 @@ def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShap
         decoder = load_decoder(decoder_path, dtype=dtype, device=device)
         sources = [s.pixels for s in inputs.sources]
         pixels = decode_prior(decoder, prior, steps=steps, guidance=guidance, seed=seed,
-                              source_images=sources or None, progress=_PrintProgress(steps, "decode steps"))
+                              source_images=sources or None, progress=_PrintProgress(steps, "denoising steps"))
         written["image"] = _save_png(pixels[0], out_dir / f"{name}.png")
     for kind, path in written.items():
         print(f"[{name}] wrote {kind}: {path}")

@@ -1,6 +1,8 @@
-"""Weight precision choices shared by both loaders."""
+"""Weight precision choices shared by both loaders, and the parsed `weight_dtype` the models carry."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -30,3 +32,24 @@ def resolve_dtype(choice: str, device: torch.device, checkpoint: torch.dtype | N
     if wanted == torch.float16:
         return wanted if device.type in ("cuda", "mps") else torch.float32
     return wanted
+
+
+@dataclass(frozen=True)
+class WeightDtype:
+    """How a model stores its Linear weights, parsed once from the loader's `weight_dtype` choice
+    (weights.cast_layers.parse_weight_dtype): `label` is the choice as the user named it (ComfyUI's own
+    names: default, fp8_e4m3fn, fp8_e5m2), `storage` its torch dtype, None for "default" (the model's dtype)."""
+
+    label: str = "default"
+    storage: torch.dtype | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.storage is None
+
+    def __str__(self) -> str:
+        return self.label
+
+
+#: The model's own dtype for every weight.
+DEFAULT_WEIGHTS = WeightDtype()

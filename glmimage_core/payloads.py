@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .dtypes import DEFAULT_WEIGHTS, WeightDtype
 from .errors import GlmImageInputError
 from .images import SourceImage
 from .shapes import PIXELS_PER_TOKEN, GridShape
@@ -127,7 +128,7 @@ class ARModel:
     device: torch.device
     attention: str
     quantization: str = "none"
-    weight_dtype: str = "default"
+    weight_dtype: WeightDtype = DEFAULT_WEIGHTS  # parsed once by the loader (cast_layers.parse_weight_dtype)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Submodules that must sit on the device even when ComfyUI streams the rest (read without a forward).
     pinned: list[str] = field(default_factory=list)
@@ -137,6 +138,9 @@ class ARModel:
     embeddings_on_host: bool = False
     #: (batch, total length) shapes speed=compiled has compiled for (transformers keeps the compiled step).
     compiled_shapes: set = field(default_factory=set, repr=False)
+    #: AR LoRAs as (ar.lora_adapters.ARLora, strength) pairs, applied by the host while the model runs
+    #: ('Load GLM-Image AR LoRA'); the model's own weights stay the cached base others use.
+    loras: tuple = ()
 
     @property
     def config(self):
@@ -247,7 +251,7 @@ class DiTModel:
     scheduler_config: dict  # FlowMatchEulerDiscreteScheduler settings (shift parameters)
     latent_stats: LatentStats
     vae_scale_factor: int
-    weight_dtype: str = "default"
+    weight_dtype: WeightDtype = DEFAULT_WEIGHTS  # parsed once by the loader (cast_layers.parse_weight_dtype)
     inventory: Inventory | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -304,7 +308,9 @@ class DecoderBundle:
     """What a `GLMIMAGE_DECODER` socket carries: DiT, VAE, glyph encoder and the scheduler, loaded together.
 
     `lock` serialises decoding with this bundle (the parts have their own locks
-    for the native nodes, which use them one at a time)."""
+    for the native nodes, which use them one at a time). How a run places them
+    (a loader's VRAM limit) is not part of the bundle: the node side carries it
+    beside it (nodes/inputs.py `LoaderDecoder`)."""
 
     dit: DiTModel
     vae_model: VAEModel
@@ -312,51 +318,6 @@ class DecoderBundle:
     scheduler: object  # diffusers FlowMatchEulerDiscreteScheduler (a template: decoding copies it)
     path: str
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Most bytes of the DiT kept on the GPU while decoding (the rest streams); None = ComfyUI decides.
-    #: A placement choice, not part of the weights: each loader node hands out its own copy of the cached
-    #: bundle (`dataclasses.replace`: same parts, same lock) with its own limit.
-    vram_limit: int | None = None
-
-    # The parts as plain modules (what the decode steps and the tests read).
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.dit.transformer
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self.vae_model.vae
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.glyph.text_encoder
-
-    @property
-    def tokenizer(self):
-        return self.glyph.tokenizer
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.dtype
-
-    @property
-    def vae_dtype(self) -> torch.dtype:
-        return self.vae_model.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.dit.device
-
-    @property
-    def codebook_size(self) -> int:
-        return self.dit.codebook_size
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return self.vae_model.scale_factor
-
-    @property
-    def patch_size(self) -> int:
-        return self.dit.patch_size
 
 
 def latent_stats_of(vae_config, where: str) -> LatentStats:

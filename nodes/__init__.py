@@ -4,6 +4,7 @@ from typing_extensions import override
 
 from .api import ComfyExtension, io
 
+from .ar_lora import GLMImageARLoraLoader
 from .conditioning import GLMImageConditioning, GLMImageScheduler
 from .decode import GLMImageDecode
 from .decoder_loader import GLMImageDecoderLoader
@@ -38,12 +39,14 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageConditioning,
     GLMImageScheduler,
     GLMImageLoraLoader,
+    GLMImageARLoraLoader,
 ]
 
 
 class GlmImageExtension(ComfyExtension):
-    """The pack's nodes. The models folder and the LoRA keys are registered by `comfy_entrypoint` (the
-    package's __init__.py): ComfyUI 0.3.75 never calls `on_load`, 0.33.0 calls it after the entrypoint."""
+    """The pack's nodes. The engine's ComfyUI host (with the models folder) and the LoRA keys are installed by
+    `comfy_entrypoint` (the package's __init__.py): ComfyUI 0.3.75 never calls `on_load`, 0.33.0 calls it after
+    the entrypoint."""
 
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -53,7 +53,7 @@ class GLMImageARLoader(io.ComfyNode):
         ar = ar_loading.load_ar_model(require_model(model), dtype=dtype, device=device, attention=attention,
                                       quantization=quantization, weight_dtype=weight_dtype)
         memory = vram_plan.describe_weights("GLM-Image AR model", ar.inventory,
-                                            vram_plan.WeightOption(weight_dtype, quantization), vram_plan.AR_OPTIONS,
+                                            vram_plan.WeightOption(ar.weight_dtype.label, ar.quantization), vram_plan.AR_OPTIONS,
                                             ar.dtype, host_on_device=not ar.embeddings_on_host)
         show_message(memory)
         return io.NodeOutput(ar, memory)

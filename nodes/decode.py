@@ -2,7 +2,7 @@ from ..glmimage_comfy.decoder_sampling import decode_vram, decode_with_comfy
 from ..glmimage_core.dit.decoder_inputs import MAX_STEPS
 from .api import io
 from .messages import show_message
-from .inputs import source_images
+from .inputs import loader_decoder, source_images
 from .sockets import CATEGORY, GlmImageDecoder, GlmImagePrior
 
 
@@ -40,9 +40,10 @@ class GLMImageDecode(io.ComfyNode):
     @classmethod
     def execute(cls, decoder, prior, prompt: str, steps: int, guidance: float, seed: int, source_image=None,
                 source_image_2=None) -> io.NodeOutput:
-        note = decode_vram(decoder, prior, guidance)
+        loaded = loader_decoder(decoder)
+        note = decode_vram(loaded.bundle, prior, guidance)
         if note:
             show_message(note)
-        pixels = decode_with_comfy(decoder, prior, prompt.strip() or None, steps, guidance, seed,
-                                   source_images(source_image, source_image_2), decoder.vram_limit)
+        pixels = decode_with_comfy(loaded.bundle, prior, prompt.strip() or None, steps, guidance, seed,
+                                   source_images(source_image, source_image_2), loaded.vram_limit)
         return io.NodeOutput(pixels)

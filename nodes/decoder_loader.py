@@ -1,11 +1,10 @@
-import dataclasses
-
 from ..glmimage_comfy.decoder_sampling import describe_decoder
 from ..glmimage_core.dit import loading as decoder_loading
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from .api import ADVANCED, io
 from .messages import show_message
-from .inputs import device_input, dit_weight_dtype_input, model_choices, require_model, vram_limit_bytes, vram_limit_input
+from .inputs import (LoaderDecoder, device_input, dit_weight_dtype_input, model_choices, require_model,
+                     vram_limit_bytes, vram_limit_input)
 from .sockets import CATEGORY, GlmImageDecoder
 
 
@@ -39,10 +38,9 @@ class GLMImageDecoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, dtype: str, device: str, weight_dtype: str = "default",
                 vram_limit_gb: float = 0.0) -> io.NodeOutput:
-        shared = decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device,
+        bundle = decoder_loading.load_decoder(require_model(model), dtype=dtype, device=device,
                                               weight_dtype=weight_dtype)
-        # The loaded parts are shared by every loader of this folder; the VRAM limit is this loader's own.
-        bundle = dataclasses.replace(shared, vram_limit=vram_limit_bytes(vram_limit_gb))
         memory = describe_decoder(bundle)
         show_message(memory)
-        return io.NodeOutput(bundle, memory)
+        # The loaded parts are shared by every loader of this folder; the VRAM limit is this loader's own.
+        return io.NodeOutput(LoaderDecoder(bundle, vram_limit_bytes(vram_limit_gb)), memory)

@@ -1,6 +1,9 @@
 """Inputs and helpers that several GLM-Image nodes share: one definition each, so the loaders agree on names,
 choices, defaults and tooltips (and a saved workflow's widget values land on the same inputs everywhere)."""
 
+from dataclasses import dataclass
+
+from ..glmimage_core.payloads import DecoderBundle
 from ..glmimage_core.weights.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
@@ -34,6 +37,20 @@ VRAM_LIMIT_TOOLTIP = ("Most GB of the DiT to keep on the GPU; the rest streams f
 
 def vram_limit_bytes(vram_limit_gb: float) -> int | None:
     return int(vram_limit_gb * (1 << 30)) if vram_limit_gb and vram_limit_gb > 0 else None
+
+
+@dataclass(frozen=True)
+class LoaderDecoder:
+    """What 'Load GLM-Image decoder' hands the decode node on its GLMIMAGE_DECODER socket: the cached bundle
+    (shared by every loader of that folder) and this loader's own VRAM limit beside it, never on it."""
+
+    bundle: DecoderBundle
+    vram_limit: int | None = None
+
+
+def loader_decoder(decoder) -> LoaderDecoder:
+    """A decode node's `decoder` input as (bundle, limit): a plain DecoderBundle (a script's) has no limit."""
+    return decoder if isinstance(decoder, LoaderDecoder) else LoaderDecoder(decoder)
 
 
 def device_input() -> io.Combo.Input:

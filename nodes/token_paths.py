@@ -2,6 +2,7 @@
 dropdown's choices, the linked 'file' winning over it, and every error naming the input it came from."""
 
 from ..glmimage_core.errors import GlmImageInputError
+from ..glmimage_core.memory.host import host
 from ..glmimage_core.tokens.files import read_token_metadata
 from ..glmimage_core.tokens.folders import OUTPUT_SUBFOLDER, list_token_files, resolve_token_path
 
@@ -15,11 +16,8 @@ FILE_TOOLTIP = ("Optional: a token file name from a link, e.g. the 'file' output
 
 
 def comfy_folders() -> dict[str, str]:
-    """ComfyUI's input/output/temp folders: the only places token files are read from."""
-    import folder_paths
-
-    return {"input": folder_paths.get_input_directory(), "output": folder_paths.get_output_directory(),
-            "temp": folder_paths.get_temp_directory()}
+    """ComfyUI's input/output/temp folders (its host's token folders): the only places token files are read from."""
+    return host().token_folders()
 
 
 def token_file_choices() -> list[str]:

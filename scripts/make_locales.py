@@ -108,6 +108,7 @@ def load_nodes():
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    importlib.import_module(f"{name}.glmimage_comfy.comfy_host").install()  # the entry point's first step
     return importlib.import_module(f"{name}.nodes").NODES
 
 

@@ -97,6 +97,10 @@ def comfy_pack():
     sys.modules[name] = module
     spec.loader.exec_module(module)
     importlib.import_module(f"{name}.nodes")
+    # What the pack's entry point does first: ComfyUI becomes the engine's host. Tests also import the engine
+    # as the top-level `glmimage_core` (a second copy of its modules): it gets the same host.
+    installed = importlib.import_module(f"{name}.glmimage_comfy.comfy_host").install()
+    importlib.import_module("glmimage_core.memory.host").install_host(installed)
     return module
 
 

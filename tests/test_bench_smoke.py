@@ -33,3 +33,14 @@ def test_bench_memory_reports_every_option_and_card(tmp_path):
     assert [row["card_gb"] for row in result["cards"]] == [24, 16, 12, 8]
     assert all(row["fits"] for row in result["cards"])
     assert 0 < result["cast_layer_cost"]["ar_cast_vs_plain"] < 10
+
+
+def test_bench_seam_compares_the_pack_with_plain_generate_on_both_hosts(tmp_path):
+    """bench_seam.py at a tiny size: both hosts (plain, and ComfyUI in-process set up by the pack's entry point),
+    the same tokens on both variants, a ratio per host. The ratio itself is the GPU / quiet-machine figure."""
+    result = _run("bench_seam.py", tmp_path / "seam.json")
+    assert set(result["hosts"]) == {"plain (outside ComfyUI)", "ComfyUI (in-process)"}
+    for row in result["hosts"].values():
+        assert row["tokens"]["pack"] == row["tokens"]["raw generate"] > 0  # same seed, same tokens
+        assert len(row["seconds"]["pack"]) == len(row["seconds"]["raw generate"]) == row["rounds"] == 2
+        assert row["ratio"] > 0 and row["ratio_of_fastest"] > 0 and row["cpu_ratio"] > 0

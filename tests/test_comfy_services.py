@@ -8,9 +8,9 @@ def test_models_glm_image_is_registered_with_folder_paths(comfy_pack, tmp_path):
 
     import folder_paths
 
-    from glmimage_core.weights.model_folders import list_model_folders, register_comfy_folder
+    from glmimage_core.weights.model_folders import list_model_folders
 
-    register_comfy_folder()
+    list_model_folders()  # through the ComfyUI host, which registers models/glm_image
     expected = os.path.join(folder_paths.models_dir, "glm_image")
     assert expected in folder_paths.get_folder_paths("glm_image")
     folder_paths.add_model_folder_path("glm_image", str(tmp_path))

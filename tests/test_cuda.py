@@ -101,10 +101,10 @@ def test_ar_runs_on_the_gpu_with_its_embedding_table_in_ram(pk, root, dtype):
 def test_fp8_ar_stores_fp8_on_the_gpu_and_comfyui_counts_its_bytes(pk, root):
     """test_vram.py's accounting test with weight_dtype fp8_e4m3fn, on the GPU (ComfyUI's cast layers
     upcast per layer; this is the path a 16 GB card runs)."""
-    memory, vram_plan = pk("glmimage_core.memory.comfy_memory"), pk("glmimage_core.memory.vram_plan")
+    host, vram_plan = pk("glmimage_comfy.comfy_host"), pk("glmimage_core.memory.vram_plan")
     ar = load_ar(pk, root, "bf16", weight_dtype="fp8_e4m3fn")
     result = tokens(pk, ar)
-    patcher = memory.patcher_of(ar)
+    patcher = host.patcher_of(ar.model)
     reported = vram_plan.resident_bytes(ar.inventory, vram_plan.WeightOption("fp8_e4m3fn"))
     assert patcher.model_size() == reported == patcher.loaded_size()
     down = ar.model.model.language_model.layers[0].mlp.down_proj.weight
@@ -164,10 +164,10 @@ def test_batch_of_4_equals_four_single_runs(pk, root):
 def test_partial_load_on_the_gpu_gives_the_tokens_of_a_full_load(pk, root):
     """test_vram.py's partial-load test on the GPU: a budget a quarter of the model; ComfyUI streams the
     rest from RAM per forward (real host-to-device copies here), same tokens, t2i and i2i."""
-    memory = pk("glmimage_core.memory.comfy_memory")
+    host = pk("glmimage_comfy.comfy_host")
     ar = load_ar(pk, root)
     full = tokens(pk, ar)
-    patcher = memory.patcher_of(ar)
+    patcher = host.patcher_of(ar.model)
     budget = patcher.model_size() // 4
     partial = tokens(pk, ar, vram_limit=budget)
     assert patcher.loaded_size() <= budget < patcher.model_size()
@@ -217,7 +217,7 @@ def test_decoder_in_each_storage_dtype_renders_finite_pixels(pk, root, dtype, we
     assert image.shape == (1, 128, 96, 3) and torch.isfinite(image).all()
     assert 0 <= float(image.min()) and float(image.max()) <= 1 and float(image.std()) > 0.01
     if weight_dtype != "default":
-        assert any(p.dtype == torch.float8_e4m3fn for p in dec.transformer.parameters())
+        assert any(p.dtype == torch.float8_e4m3fn for p in dec.dit.transformer.parameters())
 
 
 @pytest.mark.parametrize("mode", ["t2i", "i2i"])
@@ -246,11 +246,11 @@ def test_lora_through_comfyuis_loader_on_the_gpu_equals_the_weights_merged_by_ha
     strength = 0.8
     targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
     lora = {f"transformer.{key}": value for key, value in
-            random_lora(bundle.transformer, targets, scale=0.2).items()}
+            random_lora(bundle.dit.transformer, targets, scale=0.2).items()}
     save_file(lora, str(tmp_path / "glm_lora.safetensors"))
     loaded = comfy.utils.load_torch_file(str(tmp_path / "glm_lora.safetensors"))
     with_lora, _ = comfy.sd.load_lora_for_models(model, None, loaded, strength, 0)
-    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.transformer), lock=threading.Lock())
+    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.dit.transformer), lock=threading.Lock())
     for name in targets:
         layer = merged.transformer.get_submodule(name)
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
@@ -282,7 +282,7 @@ def test_streamed_dit_on_the_gpu_gives_the_pixels_of_a_full_load(pk, bundle, nat
     budget = model.model_size() // 5
     part = sampling.decode_with_comfy(bundle, prior, None, 4, 1.5, 3, max_resident=budget)
     assert model.loaded_size() <= budget < model.model_size()
-    assert streamed(bundle.transformer) > 10
+    assert streamed(bundle.dit.transformer) > 10
     assert torch.equal(part, full)
 
 

@@ -166,7 +166,7 @@ def test_prompt_override_changes_glyphs(dec_bundle):
 def test_bf16_bundle_decodes(dec_root):
     bundle = load_decoder(str(dec_root), dtype="bf16", device="cpu")
     try:
-        assert bundle.transformer.dtype == torch.bfloat16 and bundle.vae_dtype == torch.bfloat16
+        assert bundle.dit.transformer.dtype == torch.bfloat16 and bundle.vae_model.dtype == torch.bfloat16
         out = decode_prior(bundle, t2i_prior(), steps=2, seed=0)
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
     finally:
@@ -199,7 +199,7 @@ def test_interrupt_stops_and_releases_the_bundle(dec_bundle, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt("cancelled")
 
-    monkeypatch.setattr(runtime, "check_interrupted", interrupt)
+    monkeypatch.setattr(runtime.host(), "check_interrupted", interrupt)
     progress = Counter()
     with pytest.raises(KeyboardInterrupt):
         decode_prior(dec_bundle, t2i_prior(), steps=5, progress=progress)
@@ -332,7 +332,7 @@ def test_cache_returns_same_bundle_and_keeps_one_per_path(tmp_path):
         assert load_decoder(str(root), dtype="auto", device="cpu") is first  # tiny checkpoint is fp32
         assert load_decoder(str(tmp_path / "cache" / ".." / "cache"), dtype="fp32", device="cpu") is first
         second = load_decoder(str(root), dtype="bf16", device="cpu")
-        assert second is not first and second.dtype == torch.bfloat16
+        assert second is not first and second.dit.dtype == torch.bfloat16
         assert [b for b in cached_decoders() if b.path == first.path] == [second]
         assert load_decoder(str(root), dtype="fp32", device="cpu") is not first
         assert len([b for b in cached_decoders() if b.path == first.path]) == 1
@@ -346,11 +346,11 @@ def test_components_from_separate_folders(tmp_path, dec_root):
     folders = {name: str(root / name) for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
     try:
         bundle = load_decoder(dtype="fp32", device="cpu", **folders)
-        assert bundle.codebook_size == TINY_CODEBOOK
+        assert bundle.dit.codebook_size == TINY_CODEBOOK
         assert load_decoder(folders, dtype="fp32", device="cpu") is bundle
         mixed = load_decoder(str(dec_root), dtype="fp32", device="cpu", vae=folders["vae"])
-        assert mixed.vae is bundle.vae  # one copy per component folder, shared by the bundles using it
-        assert mixed.transformer is not bundle.transformer
+        assert mixed.vae_model is bundle.vae_model  # one copy per component folder, shared by the bundles using it
+        assert mixed.dit.transformer is not bundle.dit.transformer
         out = decode_prior(mixed, t2i_prior(), steps=1)
         assert out.shape == (1, 128, 96, 3)
         with pytest.raises(GlmImageInputError, match="unknown decoder component"):

@@ -9,7 +9,7 @@ from glmimage_core.errors import GlmImageInputError
 from glmimage_core.tokens.grids import extract_prior
 from glmimage_core.ar.generation import SamplingSettings, generate_tokens
 from glmimage_core.ar.chat_prompt import prepare_inputs
-from glmimage_core.memory.host import _NullProgress
+from glmimage_core.memory.host import NullProgress
 from glmimage_core.shapes import GridShape
 
 
@@ -64,7 +64,7 @@ def test_same_seed_same_tokens_other_seed_other_tokens_and_global_rng_untouched(
 
 def test_progress_gets_one_step_per_token(ar):
     inputs = prepare_inputs(ar.processor, "a boat <sop>2 3<eop>")
-    progress = _NullProgress(inputs.shape.max_new_tokens("t2i"))
+    progress = NullProgress(inputs.shape.max_new_tokens("t2i"))
     tokens = generate_tokens(ar, inputs, seed=1, progress=progress)
     assert progress.current == tokens.sequences.shape[1] == inputs.shape.max_new_tokens("t2i")
 

@@ -308,7 +308,7 @@ def test_peft_lora_through_comfyuis_loader_equals_the_weights_merged_by_hand(pk,
     strength = 0.8
     targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
     lora = {f"transformer.{key}": value for key, value in
-            random_lora(bundle.transformer, targets, scale=0.2).items()}
+            random_lora(bundle.dit.transformer, targets, scale=0.2).items()}
     save_file(lora, str(tmp_path / "glm_lora.safetensors"))
     loaded = comfy.utils.load_torch_file(str(tmp_path / "glm_lora.safetensors"))
     with_lora, _ = comfy.sd.load_lora_for_models(model, None, loaded, strength, 0)  # what LoraLoaderModelOnly does
@@ -329,7 +329,7 @@ def merged_by_hand(pk, bundle, lora, scales: dict):
 
     # ComfyUI leaves the last sampled MODEL's patches merged into the shared weights until it unloads it
     comfy.model_management.unload_all_models()
-    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.transformer), lock=threading.Lock())
+    merged = dataclasses.replace(bundle.dit, transformer=copy.deepcopy(bundle.dit.transformer), lock=threading.Lock())
     for name, scale in scales.items():
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
         merged.transformer.get_submodule(name).weight.data += scale * delta
@@ -351,7 +351,7 @@ def write_diffusers_lora(bundle, folder, file_name: str, targets: list[str], ran
     adapter settings both prefixed 'transformer.', the settings as JSON in 'lora_adapter_metadata')."""
     from diffusers.loaders.lora_base import LoraBaseMixin
 
-    layers = random_lora(bundle.transformer, targets, rank, seed=len(file_name), scale=0.2)
+    layers = random_lora(bundle.dit.transformer, targets, rank, seed=len(file_name), scale=0.2)
     LoraBaseMixin._save_lora_weights(save_directory=str(folder), lora_layers={"transformer": layers},
                                      lora_metadata={"transformer": {"r": rank, **config}}, weight_name=file_name)
     return {f"transformer.{key}": value for key, value in layers.items()}
@@ -416,7 +416,7 @@ def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
     budget = model.model_size() // 5
     streamed = sampling.decode_with_comfy(bundle, prior, None, 6, 1.5, 3, source, max_resident=budget)
     assert model.loaded_size() <= budget < model.model_size()
-    assert sum(getattr(m, "comfy_cast_weights", False) for m in bundle.transformer.modules()) > 10
+    assert sum(getattr(m, "comfy_cast_weights", False) for m in bundle.dit.transformer.modules()) > 10
     assert torch.equal(streamed, full)
 
 
@@ -454,7 +454,7 @@ def test_two_loaders_of_one_dit_each_sample_with_their_own_vram_limit(pk, root, 
     node = nodes.GLMImageDecoderLoader
     small = node.execute(model=str(root), dtype="fp32", device="cpu", vram_limit_gb=budget_gb)[0]
     whole = node.execute(model=str(root), dtype="fp32", device="cpu", vram_limit_gb=0.0)[0]
-    assert small.dit is whole.dit and small.lock is whole.lock
+    assert small.bundle is whole.bundle  # the limit travels beside the shared bundle, not on it
     assert small.vram_limit == int(budget_gb * (1 << 30)) and whole.vram_limit is None
 
 
@@ -489,10 +489,10 @@ def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_pic
     clones = deep_clones(model)
     for clone in clones:
         assert type(clone.model) is type(model.model) and clone.model is not model.model
-        assert clone.model.dit.transformer is not bundle.transformer
+        assert clone.model.dit.transformer is not bundle.dit.transformer
         assert not storages(clone.model) & storages(model.model)
         assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
-    assert pk("glmimage_core.memory.comfy_memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
+    assert pk("glmimage_comfy.comfy_host").patcher_of(bundle.dit.transformer) is model  # the cached DiT keeps its one patcher
 
 
 def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_picture(pk, bundle, native):
@@ -517,7 +517,7 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     ComfyUI asks for a non-dynamic copy."""
     import comfy.model_patcher as mp
 
-    decoder_loading, memory = pk("glmimage_core.dit.loading"), pk("glmimage_core.memory.comfy_memory")
+    decoder_loading, host = pk("glmimage_core.dit.loading"), pk("glmimage_comfy.comfy_host")
     model, vae = native
     as_found = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # without main.py's switch
     assert type(model) is as_found and type(vae.patcher) is as_found
@@ -532,8 +532,8 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     new_vae = pk("glmimage_comfy.vae").comfy_vae(decoder_loading.load_vae(str(root), dtype="fp32", device="cpu"))
     assert type(new_vae.patcher) is CorePatcher
     glyph = decoder_loading.load_glyph_encoder(str(root), dtype="fp32", device="cpu")
-    memory.ensure_on_device(glyph, glyph.text_encoder, glyph.device)  # the AR model's and glyph encoder's path
-    assert type(memory.patcher_of(glyph)) is CorePatcher
+    pk("glmimage_core.memory.placement").ensure_on_device(glyph.text_encoder, glyph.device)  # AR model's path too
+    assert type(host.patcher_of(glyph.text_encoder)) is CorePatcher
     import comfy.model_management
 
     if hasattr(comfy.model_management, "archive_model_dtypes"):  # 0.33: what dynamic VRAM casts weights back to
@@ -551,7 +551,7 @@ def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
     model_management.get_free_memory leaves out: the pack's checks ask the patcher where it has the method."""
     import comfy.model_patcher as mp
 
-    runtime = pk("glmimage_core.memory.host")
+    host = pk("glmimage_comfy.comfy_host")
     asked = []
 
     class Patcher(mp.ModelPatcher):
@@ -561,8 +561,8 @@ def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
 
     patcher = Patcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
     gpu = torch.device("cuda", 0)  # only named: the method answers, no GPU is touched
-    assert runtime.free_vram(gpu, patcher) == 7 << 30 and asked == [gpu]
-    assert runtime.free_vram(torch.device("cpu"), patcher) is None  # RAM is not budgeted
+    assert host.free_vram(gpu, patcher) == 7 << 30 and asked == [gpu]
+    assert host.free_vram(torch.device("cpu"), patcher) is None  # RAM is not budgeted
 
 
 # --------------------------------------------------------------------------- VAE and previews
@@ -585,7 +585,7 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     pixels = picture(64, 96)[None]
     encoded = vae.encode(pixels)
     with torch.no_grad():
-        expected = bundle.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+        expected = bundle.vae_model.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
     torch.testing.assert_close(encoded, expected, atol=1e-6, rtol=0)
 
 

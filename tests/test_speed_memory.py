@@ -1,6 +1,7 @@
 """speed=compiled (and its fallback) and ComfyUI's model management of the pack's models."""
 
 import gc
+import importlib
 
 import pytest
 import torch
@@ -8,7 +9,6 @@ import torch
 from glmimage_core.ar import loading as ar_loading
 from glmimage_core.dit import loading as decoder_loading
 from glmimage_core.ar.generation import generate_tokens
-from glmimage_core.memory.comfy_memory import comfy_loaded_count
 from glmimage_core.ar.chat_prompt import prepare_inputs
 
 
@@ -38,6 +38,11 @@ def test_compiled_equals_standard_on_gpu(tiny_ar_dir):
         assert torch.equal(compiled.sequences, generate_tokens(ar, inputs, seed=3).sequences)
 
 
+def comfy_loaded_count(comfy_pack, module) -> int:
+    """How many entries ComfyUI's model manager holds for `module` (through the pack's ComfyUI host)."""
+    return importlib.import_module(f"{comfy_pack.__name__}.glmimage_comfy.comfy_host").loaded_count(module)
+
+
 def test_models_are_registered_once_with_comfyui_and_replaced_not_doubled(comfy_pack, tiny_hub_dir):
     import comfy.model_management as mm
 
@@ -45,13 +50,13 @@ def test_models_are_registered_once_with_comfyui_and_replaced_not_doubled(comfy_
     inputs = prepare_inputs(first.processor, "x <sop>1 2<eop>")
     generate_tokens(first, inputs, seed=0)
     generate_tokens(first, inputs, seed=1)
-    assert comfy_loaded_count(first) == 1  # loaded through ComfyUI, once, however often it runs
+    assert comfy_loaded_count(comfy_pack, first.model) == 1  # loaded through ComfyUI, once, however often it runs
     before = len(mm.current_loaded_models)
 
     second = ar_loading.load_ar_model(str(tiny_hub_dir), dtype="bf16", device="auto")
-    assert comfy_loaded_count(first) == 0  # the replaced copy left ComfyUI's list
+    assert comfy_loaded_count(comfy_pack, first.model) == 0  # the replaced copy left ComfyUI's list
     generate_tokens(second, prepare_inputs(second.processor, "x <sop>1 2<eop>"), seed=0)
-    assert comfy_loaded_count(second) == 1 and len(mm.current_loaded_models) == before
+    assert comfy_loaded_count(comfy_pack, second.model) == 1 and len(mm.current_loaded_models) == before
     assert [m for m in ar_loading.cached_models() if m.path == first.path] == [second]
     del first
     gc.collect()
@@ -67,7 +72,8 @@ def test_decoder_is_managed_by_comfyui_too(comfy_pack, tmp_path):
     decode_prior(bundle, prior, steps=1)
     decode_prior(bundle, prior, steps=1)
     # each part is its own managed model (ComfyUI pages them one at a time), registered once
-    assert [comfy_loaded_count(part) for part in (bundle.dit, bundle.vae_model, bundle.glyph)] == [1, 1, 1]
+    parts = (bundle.dit.transformer, bundle.vae_model.vae, bundle.glyph.text_encoder)
+    assert [comfy_loaded_count(comfy_pack, part) for part in parts] == [1, 1, 1]
 
 
 def test_compiled_decode_step_is_one_graph_and_gives_the_standard_tokens(tiny_ar_dir):

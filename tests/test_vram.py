@@ -8,11 +8,11 @@ CPU device copies nothing but runs exactly the code a GPU runs.
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
 
-from glmimage_core.memory import comfy_memory
 from glmimage_core.demo import real_size
 from glmimage_core.memory import vram_plan
 from glmimage_core.ar.loading import load_ar_model
@@ -26,6 +26,11 @@ from glmimage_core.ar.chat_prompt import prepare_inputs
 def comfy_ar(comfy_pack, tiny_ar_dir):
     """The tiny AR model as the pack loads it inside ComfyUI (cast layers, embedding table in RAM)."""
     return load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")
+
+
+def patcher_of(comfy_pack, module: torch.nn.Module):
+    """`module`'s ModelPatcher, as the pack's ComfyUI host keeps it."""
+    return importlib.import_module(f"{comfy_pack.__name__}.glmimage_comfy.comfy_host").patcher_of(module)
 
 
 def _streamed(model: torch.nn.Module) -> int:
@@ -82,10 +87,10 @@ def test_make_castable_gives_the_layers_of_the_operations_class_it_is_given(comf
     assert summary.not_castable == []
 
 
-def test_partial_load_gives_exactly_the_tokens_of_a_full_load(comfy_ar):
+def test_partial_load_gives_exactly_the_tokens_of_a_full_load(comfy_pack, comfy_ar):
     inputs = prepare_inputs(comfy_ar.processor, "a red fox <sop>4 5<eop>")
     full = generate_tokens(comfy_ar, inputs, seed=11)
-    patcher = comfy_memory.patcher_of(comfy_ar)
+    patcher = patcher_of(comfy_pack, comfy_ar.model)
     assert patcher.loaded_size() == patcher.model_size() and _streamed(comfy_ar.model) == 0
     budget = patcher.model_size() // 4
     partial = generate_tokens(comfy_ar, inputs, seed=11, vram_limit=budget)
@@ -102,7 +107,7 @@ def test_comfyui_accounting_matches_the_reported_bytes(comfy_pack, tiny_ar_dir):
     for weight_dtype in ("default", "fp8_e4m3fn"):
         ar = load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu", weight_dtype=weight_dtype)
         generate_tokens(ar, prepare_inputs(ar.processor, "x <sop>2 2<eop>"), seed=0)
-        patcher = comfy_memory.patcher_of(ar)
+        patcher = patcher_of(comfy_pack, ar.model)
         reported = vram_plan.resident_bytes(ar.inventory, vram_plan.WeightOption(weight_dtype))
         assert patcher.model_size() == reported == patcher.loaded_size(), weight_dtype
     assert ar.model.lm_head.weight.dtype == torch.float32  # the output head keeps its dtype

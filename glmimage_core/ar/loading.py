@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from ..memory import vram_plan
-from ..weights.cast_layers import keep_embeddings_on_host, make_castable, weight_dtype_in
-from ..dtypes import resolve_dtype
+from ..weights.cast_layers import keep_embeddings_on_host, make_castable, parse_weight_dtype
+from ..dtypes import DEFAULT_WEIGHTS, WeightDtype, resolve_dtype
 from ..errors import GlmImageInputError
-from ..memory.comfy_memory import comfy_ops, forget
+from ..memory.placement import forget
 from ..memory.model_cache import ModelCache
 from ..weights.model_folders import resolve_model_path
 from ..payloads import ARModel
-from ..memory.host import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
+from ..memory.host import DEVICE_CHOICES as _DEVICES, fp8_storage_possible, host, torch_device
 
 DEVICE_CHOICES = list(_DEVICES)
 ATTENTION_CHOICES = ["sdpa", "eager"]
@@ -93,7 +93,7 @@ def _is_hub_id(name: str) -> bool:
     return "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1 and not os.path.exists(name)
 
 
-_CACHE: ModelCache[ARModel] = ModelCache()
+_CACHE: ModelCache[ARModel] = ModelCache(release=lambda ar: forget(ar.model))
 
 
 def quantization_config(choice: str, dtype: torch.dtype, device: torch.device):
@@ -130,13 +130,14 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
 
     One model per path is kept: asking for the same folder with another dtype,
     device, quantization or weight_dtype replaces the cached copy instead of
-    holding two. Inside ComfyUI the model's layers become ComfyUI cast layers
-    (so ComfyUI can manage, stream and fp8-store them) and its text embedding
-    table stays in RAM; `weight_dtype` fp8 needs that, so it needs ComfyUI.
+    holding two. Where the host gives cast layers (ComfyUI), the model's layers
+    become them (so the host can manage, stream and fp8-store them) and its text
+    embedding table stays in RAM; `weight_dtype` fp8 needs that, so it needs ComfyUI.
+    `weight_dtype` is parsed here, once: the model carries the parsed value.
     """
     if attention not in ATTENTION_CHOICES:
         raise GlmImageInputError(f"attention {attention!r} is not one of {ATTENTION_CHOICES}")
-    weight_dtype_in(weight_dtype, comfy_ops() is not None, quantization)
+    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible(), quantization)
     path = resolve_model_path(model)
     target = torch_device(device)
     if _is_hub_id(path) and not Path(path).exists():
@@ -146,10 +147,9 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     torch_dtype = resolve_dtype(dtype, target, _checkpoint_dtype(layout.model_dir)
                                 if not layout.subfolder_model else torch.bfloat16, bf16_fallback=torch.float16)
     quant = quantization_config(quantization, torch_dtype, target)
-    # Inside ComfyUI the model gets cast layers; a plain copy loaded before ComfyUI was there is not reused.
-    key = (torch_dtype, str(target), attention, quantization, weight_dtype, comfy_ops() is not None)
+    key = (torch_dtype, str(target), attention, quantization, weights)
     return _CACHE.get_or_load(path, key, lambda: _load(path, layout, torch_dtype, target, attention, quantization,
-                                                       quant, weight_dtype), release=forget)
+                                                       quant, weights))
 
 
 def load_ar_processor(model: str) -> ARModel:
@@ -186,7 +186,7 @@ def _hub_layout(repo_id: str) -> ARLayout:
 
 
 def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device, attention: str,
-          quantization: str = "none", quant_config=None, weight_dtype: str = "default") -> ARModel:
+          quantization: str = "none", quant_config=None, weights: WeightDtype = DEFAULT_WEIGHTS) -> ARModel:
     from safetensors import SafetensorError
     from transformers import AutoProcessor, GlmImageForConditionalGeneration
 
@@ -209,32 +209,36 @@ def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device,
                                  f"({err}); download it again") from err
     except OSError as err:
         raise GlmImageInputError(f"could not load the AR model from {layout.model_dir!r}: {err}") from err
-    return prepare_ar_model(model, processor, path, dtype, device, attention, quantization, weight_dtype)
+    return prepare_ar_model(model, processor, path, dtype, device, attention, quantization, weights)
 
 
 def prepare_ar_model(model: torch.nn.Module, processor, path: str, dtype: torch.dtype, device: torch.device,
-                     attention: str = "sdpa", quantization: str = "none", weight_dtype: str = "default") -> ARModel:
+                     attention: str = "sdpa", quantization: str = "none",
+                     weight_dtype: WeightDtype | str = DEFAULT_WEIGHTS) -> ARModel:
     """A loaded GlmImageForConditionalGeneration made ready for the pack: eval, counted for the VRAM plan, and
-    inside ComfyUI given cast layers (fp8 with `weight_dtype`) and its text embedding table kept in RAM.
+    where the host gives cast layers (ComfyUI) given them (fp8 with `weight_dtype`) and its text embedding table
+    kept in RAM.
 
-    Separate from loading so that benchmarks can prepare models built in place with random weights."""
+    Separate from loading so that benchmarks can prepare models built in place with random weights (they may
+    name `weight_dtype` as a string; it is parsed as the loader parses it)."""
+    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible(), quantization)
     model.eval().requires_grad_(False)
     # Counted before any change: the plan prices every option from the same parameter counts.
     inventory = vram_plan.inventory(model, vram_plan.classify_ar, dtype, host=vram_plan.AR_HOST_EMBEDDINGS)
-    ops = comfy_ops()
+    ops = host().cast_ops
     pinned: list[str] = []
     if ops is not None:
         keep_embeddings_on_host(model, list(vram_plan.AR_HOST_EMBEDDINGS))
         if quantization == "none":  # bitsandbytes layers are neither castable nor movable
-            make_castable(model, ops.disable_weight_init, weight_dtype_in(weight_dtype, True, quantization),
+            make_castable(model, ops.operations, weights.storage,
                           keep_dtype=lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP),
-                          fp8_operations=ops.manual_cast)
+                          fp8_operations=ops.fp8_operations)
             pinned = _pinned_modules(model)
     if quantization == "none":  # quantized weights are placed by from_pretrained and cannot move
         # Inside ComfyUI its model manager moves the model to the GPU when a run needs it.
-        model.to(offload_device() if ops is not None else device)
+        model.to(host().park_device(device))
     return ARModel(model=model, processor=processor, path=path, dtype=dtype, device=device, attention=attention,
-                   quantization=quantization, weight_dtype=weight_dtype, pinned=pinned, inventory=inventory,
+                   quantization=quantization, weight_dtype=weights, pinned=pinned, inventory=inventory,
                    embeddings_on_host=ops is not None)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import GlmImageInputError, GlmImageServerError
-from ..memory.host import check_interrupted, preview_size, progress_bar
+from ..memory.host import host
 from ..payloads import GeneratedTokens, GlmImageInputs
 from ..tokens.grid_preview import LiveGridPreview
 from .generation import (  # as the local node: pictures per run, report rate
@@ -36,6 +36,8 @@ from .generation import (  # as the local node: pictures per run, report rate
 from .remote_http import READ_TIMEOUT_S, ServerAddress, TokenStream, get_info
 from .seeded_batch import derived_seeds
 
+#: `check_interrupted`'s default: the host's cancel button (ComfyUI's inside ComfyUI).
+HOST_CANCEL = object()
 #: The architecture the server must serve.
 ARCHITECTURE = "GlmImageForConditionalGeneration"
 
@@ -143,7 +145,7 @@ def _pump(run: _Run, events: queue.Queue) -> None:
 
 def generate_tokens_remote(server_url: str, inputs: GlmImageInputs, seed: int = 0,
                            sampling: RemoteSampling = RemoteSampling(), images: int = 1, progress=None,
-                           check_interrupted=check_interrupted, logprobs: int | None = None,
+                           check_interrupted=HOST_CANCEL, logprobs: int | None = None,
                            info: dict | None = None, read_timeout: float = READ_TIMEOUT_S) -> GeneratedTokens:
     """Sample `images` pictures for `inputs` on the server: request i with seed + i, all at once.
 
@@ -164,11 +166,13 @@ def generate_tokens_remote(server_url: str, inputs: GlmImageInputs, seed: int = 
     info = info if info is not None else get_info(address)
     check_served_model(info, address, inputs, max_new)
     prompt_ids = request_prompt_ids(inputs, int(info["image_token_id"]))
-    progress = progress if progress is not None else progress_bar(max_new)
+    progress = progress if progress is not None else host().progress_bar(max_new)
+    if check_interrupted is HOST_CANCEL:
+        check_interrupted = host().check_interrupted
     preview = None
     if callable(getattr(progress, "update_absolute", None)):
         preview = LiveGridPreview(inputs.shape, inputs.mode, int(info["codebook_size"]), None,
-                                  max_px=preview_size()).render
+                                  max_px=host().preview_size()).render
     runs = [_Run(seed=s) for s in derived_seeds(seed, images)]
     events: queue.Queue = queue.Queue()
     threads = []

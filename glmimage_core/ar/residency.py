@@ -3,7 +3,7 @@
 The AR model runs one forward per sampled token, so it must be resident: a
 streamed layer would be copied from RAM thousands of times per picture. Before
 a run the VRAM it needs (weights + KV cache + activations for this shape) is
-compared with what ComfyUI can free; if it does not fit, the run stops with a
+compared with what the host (ComfyUI) can free; if it does not fit, the run stops with a
 message naming the option that would fit, unless the user allowed streaming.
 """
 
@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from ..memory import vram_plan
-from ..memory.comfy_memory import Residency, ensure_on_device, is_streaming, release
+from ..memory.placement import Residency, ensure_on_device, is_streaming, release
 from ..payloads import ARModel, GlmImageInputs
 
 STREAMING_HINT = "turn on allow_streaming in 'GLM-Image generate tokens' (it works, but every token then copies " \
@@ -35,7 +35,7 @@ def ar_needs(ar: ARModel, working: int) -> tuple[vram_plan.Need, list[vram_plan.
     """What the loaded option needs for a run, and what every option would need."""
     host_on_device = not ar.embeddings_on_host
     needs = vram_plan.weight_needs(ar.inventory, vram_plan.AR_OPTIONS, ar.dtype, working, host_on_device)
-    chosen = vram_plan.WeightOption(ar.weight_dtype, ar.quantization)
+    chosen = vram_plan.WeightOption(ar.weight_dtype.label, ar.quantization)
     return next(n for n in needs if n.option == chosen), needs
 
 
@@ -49,6 +49,7 @@ def ar_residency(ar: ARModel, inputs: GlmImageInputs, images: int, allow_streami
 
     largest = vram_plan.largest_layer_bytes(ar.model)
     return Residency(memory_required=working, must_fit=not allow_streaming, message=message, pinned=ar.pinned,
+                     patches=ar.loras,
                      streaming_message=lambda free: vram_plan.streaming_message("the AR model", largest, working,
                                                                                 free, shape))
 
@@ -59,12 +60,12 @@ def ar_on_device(ar: ARModel, offload_after: bool = False, residency: Residency 
     if ar.quantization != "none":  # bitsandbytes weights live where they were loaded
         yield ar.device
         return
-    ensure_on_device(ar, ar.model, ar.device, residency)
-    if notes is not None and is_streaming(ar):
+    ensure_on_device(ar.model, ar.device, residency if residency is not None else Residency(patches=ar.loras))
+    if notes is not None and is_streaming(ar.model):
         notes.append("The AR model did not fit in free VRAM and streams its layers from RAM on every token "
                      "(slow): weight_dtype fp8_e4m3fn or quantization nf4 in the loader would keep it on the GPU.")
     try:
         yield ar.device
     finally:
         if offload_after:
-            release(ar, ar.model, ar.device)
+            release(ar.model, ar.device)

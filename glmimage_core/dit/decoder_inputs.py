@@ -65,7 +65,7 @@ def validate(bundle: DecoderBundle | DiTModel, prior: PriorTokens, prompt: str |
                                  "<= 1 turns classifier-free guidance off)")
     grids = _check_grids(prior.grids, "prior tokens' grids", batch=True)
     _check_codebook(bundle, prior)
-    _check_ids(grids, bundle.codebook_size, "prior tokens")
+    _check_ids(grids, _dit_of(bundle).codebook_size, "prior tokens")
     height, width = PIXELS_PER_TOKEN * grids.shape[-2], PIXELS_PER_TOKEN * grids.shape[-1]
     check_size(bundle, height, width, "prior tokens")
 
@@ -87,7 +87,7 @@ def validate(bundle: DecoderBundle | DiTModel, prior: PriorTokens, prompt: str |
                 f"source images: {len(images)} given, but the prior tokens were made from {len(source_grids)} "
                 "source image(s); connect the same images (in the same order) that made the tokens")
         for index, (image, grid) in enumerate(zip(images, source_grids)):
-            _check_ids(grid, bundle.codebook_size, f"source grid {index + 1}")
+            _check_ids(grid, _dit_of(bundle).codebook_size, f"source grid {index + 1}")
             check_size(bundle, PIXELS_PER_TOKEN * grid.shape[0], PIXELS_PER_TOKEN * grid.shape[1],
                        f"source grid {index + 1}")
             _check_image(image, index)
@@ -108,11 +108,16 @@ def _check_grids(grids, what: str, batch: bool) -> torch.Tensor:
     return grids.detach().to("cpu", torch.long)
 
 
+def _dit_of(bundle: DecoderBundle | DiTModel) -> DiTModel:
+    """The DiT whose facts (codebook, patch and VAE scale) a bundle's or a DiT's inputs are checked against."""
+    return bundle.dit if isinstance(bundle, DecoderBundle) else bundle
+
+
 def _check_codebook(bundle: DecoderBundle | DiTModel, prior: PriorTokens) -> None:
-    if int(prior.codebook_size) != bundle.codebook_size:
+    if int(prior.codebook_size) != _dit_of(bundle).codebook_size:
         raise GlmImageInputError(
             f"the prior tokens come from a codebook of {prior.codebook_size} ids but the decoder "
-            f"{bundle.path!r} knows {bundle.codebook_size} (its DiT's prior_vq_quantizer_codebook_size); "
+            f"{bundle.path!r} knows {_dit_of(bundle).codebook_size} (its DiT's prior_vq_quantizer_codebook_size); "
             "use the AR model and the decoder of the same GLM-Image release")
 
 
@@ -131,11 +136,12 @@ def check_size(bundle: DecoderBundle | DiTModel, height: int, width: int, what: 
     diffusers only checks the width against 4; a width that is not a multiple
     of 32 would misalign prior ids and latent patches without an error.
     """
-    per_patch = bundle.vae_scale_factor * bundle.patch_size
+    dit = _dit_of(bundle)
+    per_patch = dit.vae_scale_factor * dit.patch_size
     if per_patch != 16:
         raise GlmImageInputError(
-            f"decoder {bundle.path!r} covers {per_patch} px per DiT patch (VAE scale {bundle.vae_scale_factor} x "
-            f"patch {bundle.patch_size}); GLM-Image tokens need 16, so {what} cannot be decoded with it")
+            f"decoder {bundle.path!r} covers {per_patch} px per DiT patch (VAE scale {dit.vae_scale_factor} x "
+            f"patch {dit.patch_size}); GLM-Image tokens need 16, so {what} cannot be decoded with it")
     multiple = per_patch * 2
     if height % multiple or width % multiple or height <= 0 or width <= 0:
         raise GlmImageInputError(f"{what} make a {width}x{height} px picture; both sides must be positive "

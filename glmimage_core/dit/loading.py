@@ -19,7 +19,7 @@ them (+ the scheduler settings) for the "GLM-Image decode" node and the CLI.
 dtype policy ("auto" = the checkpoint's own dtype when the device handles it,
 else fp32):
 - DiT and glyph encoder use the chosen dtype; the DiT can also store its Linear
-  weights in fp8 inside ComfyUI (`weight_dtype`, see cast_layers).
+  weights in fp8 inside ComfyUI (`weight_dtype`, parsed once by the loader, see cast_layers).
 - The VAE uses it too, except fp16: AutoencoderKL decoders overflow in fp16 on
   bright images, so the VAE stays fp32 then (it is small next to the DiT).
 """
@@ -36,14 +36,14 @@ from typing import Mapping
 import torch
 
 from ..memory import vram_plan
-from ..weights.cast_layers import make_castable, weight_dtype_in
-from ..dtypes import resolve_dtype
+from ..weights.cast_layers import make_castable, parse_weight_dtype
+from ..dtypes import DEFAULT_WEIGHTS, WeightDtype, resolve_dtype
 from ..errors import GlmImageInputError
-from ..memory.comfy_memory import comfy_ops, forget
+from ..memory.placement import forget
 from ..memory.model_cache import ModelCache
 from ..weights.model_folders import resolve_model_path
 from ..payloads import DecoderBundle, DiTModel, GlyphEncoder, LatentStats, VAEModel, latent_stats_of
-from ..memory.host import free_memory_cache, offload_device, torch_device
+from ..memory.host import fp8_storage_possible, host, torch_device
 from ..weights.files import check_safetensors, checkpoint_dtype
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -102,8 +102,19 @@ def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+def _module_of(part) -> torch.nn.Module:
+    """The torch module of a cached part (DiTModel, VAEModel or GlyphEncoder): what the host places."""
+    return part.transformer if isinstance(part, DiTModel) else part.vae if isinstance(part, VAEModel) \
+        else part.text_encoder
+
+
+def _empty_cache() -> None:
+    host().empty_cache()
+
+
 _CACHE: ModelCache[DecoderBundle] = ModelCache()  # one bundle per root folder
-_PARTS: ModelCache = ModelCache()  # (kind, folder) -> DiTModel | VAEModel | GlyphEncoder
+# (kind, folder) -> DiTModel | VAEModel | GlyphEncoder
+_PARTS: ModelCache = ModelCache(release=lambda part: forget(_module_of(part)), free=_empty_cache)
 _CACHE_LOCK = threading.RLock()  # one load at a time: a bundle and its parts
 
 
@@ -130,16 +141,16 @@ def load_decoder(path: str | os.PathLike | Mapping[str, str] | None = None, dtyp
     for name in _WEIGHTED:
         check_safetensors(getattr(folders, name), name)
     target = torch_device(device)
+    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible())
     torch_dtype = resolve_dtype(dtype, target, checkpoint_dtype(folders.transformer))
-    key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weight_dtype,
-           comfy_ops() is not None)
+    key = (tuple(str(getattr(folders, c)) for c in COMPONENTS), torch_dtype, str(target), weights)
     with _CACHE_LOCK:
-        return _CACHE.get_or_load(folders.root, key, lambda: _bundle(folders, torch_dtype, target, weight_dtype))
+        return _CACHE.get_or_load(folders.root, key, lambda: _bundle(folders, torch_dtype, target, weights))
 
 
 def _bundle(folders: DecoderFolders, torch_dtype: torch.dtype, target: torch.device,
-            weight_dtype: str) -> DecoderBundle:
-    dit = _dit(folders, torch_dtype, target, weight_dtype)
+            weights: WeightDtype) -> DecoderBundle:
+    dit = _dit(folders, torch_dtype, target, weights)
     vae_model = _vae(folders.vae, torch_dtype, target)
     glyph = _glyph(folders, torch_dtype, target)
     _check_compatible(folders, dit.transformer, vae_model.vae, glyph.text_encoder)
@@ -154,9 +165,10 @@ def load_dit(path: str | os.PathLike, dtype: str = "auto", device: str = "auto",
     folders = find_folders(path, {})
     check_safetensors(folders.transformer, "transformer")
     target = torch_device(device)
+    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible())
     with _CACHE_LOCK:
         return _dit(folders, resolve_dtype(dtype, target, checkpoint_dtype(folders.transformer)), target,
-                    weight_dtype)
+                    weights)
 
 
 def load_vae(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> VAEModel:
@@ -183,17 +195,14 @@ def cached_decoders() -> list[DecoderBundle]:
 
 def clear_decoder_cache() -> None:
     with _CACHE_LOCK:
-        _PARTS.clear(release=forget)
+        _PARTS.clear()
         _CACHE.clear()
-    free_memory_cache()
+    host().empty_cache()
 
 
 def _part(kind: str, folder: Path, options: tuple, load):
-    """One cached part per (kind, folder): the same options return it, other options replace it.
-
-    Whether ComfyUI is there is one of the options: inside it the part has cast layers."""
-    options = (*options, comfy_ops() is not None)
-    return _PARTS.get_or_load((kind, str(folder)), options, load, release=forget, free=free_memory_cache)
+    """One cached part per (kind, folder): the same options return it, other options replace it."""
+    return _PARTS.get_or_load((kind, str(folder)), options, load)
 
 
 def _scheduler_class():
@@ -213,49 +222,48 @@ def _read_config(folder: Path, component: str) -> dict:
 
 def _prepare(module: torch.nn.Module, device: torch.device, fp8_dtype: torch.dtype | None = None,
              keep=lambda name: False) -> None:
-    """Eval mode, no grads; inside ComfyUI cast layers on the offload device (ComfyUI moves them), else to `device`."""
+    """Eval mode, no grads; the host's cast layers where it has them (ComfyUI), then where the host parks a model
+    until its first run (ComfyUI: the offload device, its manager moves it; plain torch: `device`)."""
     module.eval().requires_grad_(False)
-    ops = comfy_ops()
+    ops = host().cast_ops
     if ops is not None:
-        make_castable(module, ops.disable_weight_init, fp8_dtype, keep, fp8_operations=ops.manual_cast)
-        module.to(offload_device())
-    else:
-        module.to(device)
+        make_castable(module, ops.operations, fp8_dtype, keep, fp8_operations=ops.fp8_operations)
+    module.to(host().park_device(device))
 
 
-def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weight_dtype: str) -> DiTModel:
-    weight_dtype_in(weight_dtype, comfy_ops() is not None)
+def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weights: WeightDtype) -> DiTModel:
     vae_config = _read_config(folders.vae, "vae")
     latent_stats_of(vae_config, str(folders.vae))  # not GLM-Image's VAE: say so before loading 13 GB
     scheduler_config = _read_config(folders.scheduler, "scheduler")
 
-    return _part("transformer", folders.transformer, (dtype, str(device), weight_dtype, str(folders.vae),
+    return _part("transformer", folders.transformer, (dtype, str(device), weights, str(folders.vae),
                                                       str(folders.scheduler)),
-                 lambda: _read_dit(folders.transformer, dtype, device, scheduler_config, vae_config, weight_dtype))
+                 lambda: _read_dit(folders.transformer, dtype, device, scheduler_config, vae_config, weights))
 
 
 def _read_dit(folder: Path, dtype: torch.dtype, device: torch.device, scheduler_config: dict, vae_config,
-              weight_dtype: str) -> DiTModel:
+              weights: WeightDtype) -> DiTModel:
     """The DiT read from its `transformer/` folder and prepared: for the cache and for fresh copies alike."""
     from diffusers import GlmImageTransformer2DModel
 
     dit = _guarded("transformer", folder, lambda: GlmImageTransformer2DModel.from_pretrained(
         folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
-    return prepare_dit(dit, str(folder), dtype, device, scheduler_config, vae_config, weight_dtype)
+    return prepare_dit(dit, str(folder), dtype, device, scheduler_config, vae_config, weights)
 
 
 def prepare_dit(dit: torch.nn.Module, path: str, dtype: torch.dtype, device: torch.device, scheduler_config: dict,
-                vae_config, weight_dtype: str = "default") -> DiTModel:
+                vae_config, weight_dtype: WeightDtype | str = DEFAULT_WEIGHTS) -> DiTModel:
     """A loaded GlmImageTransformer2DModel made ready for the pack (eval, counted, ComfyUI cast layers / fp8).
 
-    Separate from loading so that benchmarks can prepare DiTs built in place with random weights."""
+    Separate from loading so that benchmarks can prepare DiTs built in place with random weights (they may name
+    `weight_dtype` as a string; it is parsed as the loaders parse it)."""
+    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible())
     inventory = vram_plan.inventory(dit, vram_plan.classify_dit, dtype)
-    _prepare(dit, device, weight_dtype_in(weight_dtype, comfy_ops() is not None),
-             lambda name: vram_plan.name_matches(name, vram_plan.DIT_FP8_KEEP))
+    _prepare(dit, device, weights.storage, lambda name: vram_plan.name_matches(name, vram_plan.DIT_FP8_KEEP))
     return DiTModel(transformer=dit, path=path, dtype=dtype, device=device, scheduler_config=dict(scheduler_config),
                     latent_stats=latent_stats_of(vae_config, path),
                     vae_scale_factor=2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1),
-                    weight_dtype=weight_dtype, inventory=inventory)
+                    weight_dtype=weights, inventory=inventory)
 
 
 def _vae(folder: Path, dtype: torch.dtype, device: torch.device) -> VAEModel:
@@ -314,7 +322,7 @@ def _check_compatible(folders: DecoderFolders, dit, vae_model, encoder) -> None:
                                  f"gives {encoder.config.d_model}")
 
 
-def fresh_dit(path: str, dtype: torch.dtype, device: str, weight_dtype: str, scheduler_config: dict,
+def fresh_dit(path: str, dtype: torch.dtype, device: str, weight_dtype: WeightDtype, scheduler_config: dict,
               latent_stats: LatentStats, vae_scale_factor: int) -> DiTModel:
     """A new copy of a DiT read again from its `transformer/` folder, outside the cache: weights of its own.
 

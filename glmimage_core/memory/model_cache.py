@@ -1,30 +1,38 @@
 """One cached copy per model: what the AR loader and the decoder loaders share.
 
 Re-running a graph must not reload 18 GB of AR model or 14 GB of decoder, and
-asking for the same folder with other options (dtype, device, fp8, ComfyUI or
-not) must not hold two copies: the old one is dropped, and released, before the
-new one loads.
+asking for the same folder with other options (dtype, device, fp8) must not
+hold two copies: the old one is dropped, and released, before the new one loads.
+A new host (memory.host.install_host) empties every cache (`clear_all`): its
+models are prepared for the host that loaded them.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Callable, Generic, Hashable, TypeVar
 
 T = TypeVar("T")
+
+_ALL: "weakref.WeakSet[ModelCache]" = weakref.WeakSet()
 
 
 class ModelCache(Generic[T]):
     """name -> (options, loaded object). `lock` guards the table only: loading runs outside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: Callable[[T], None] = lambda old: None,
+                 free: Callable[[], None] | None = None) -> None:
+        """`release(old)` lets go of a dropped object (its host placement), `free()` runs after a drop."""
         self._entries: dict[Hashable, tuple[tuple, T]] = {}
         self.lock = threading.RLock()
+        self.release, self.free = release, free
+        _ALL.add(self)
 
-    def get_or_load(self, name: Hashable, options: tuple, load: Callable[[], T],
-                    release: Callable[[T], None] = lambda old: None, free: Callable[[], None] | None = None) -> T:
+    def get_or_load(self, name: Hashable, options: tuple, load: Callable[[], T]) -> T:
         """The cached object when `options` match; else drop the other copy (`release` it, then `free()` once
         nothing here holds it) and `load()` anew."""
+        release, free = self.release, self.free
         with self.lock:
             cached = self._entries.get(name)
             if cached is not None and cached[0] == options:
@@ -44,8 +52,14 @@ class ModelCache(Generic[T]):
         with self.lock:
             return [entry[1] for entry in self._entries.values()]
 
-    def clear(self, release: Callable[[T], None] = lambda old: None) -> None:
+    def clear(self) -> None:
         with self.lock:
             for _, loaded in list(self._entries.values()):
-                release(loaded)
+                self.release(loaded)
             self._entries.clear()
+
+
+def clear_all() -> None:
+    """Empty every model cache (each releases its objects), e.g. when another host is installed."""
+    for cache in list(_ALL):
+        cache.clear()

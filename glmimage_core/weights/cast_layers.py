@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import DEFAULT_WEIGHTS, WeightDtype
 from ..errors import GlmImageInputError
 
 #: ComfyUI's own names for the weight storage option (its "Load Diffusion Model" node's weight_dtype).
@@ -56,19 +57,23 @@ def resolve_weight_dtype(choice: str) -> torch.dtype | None:
     return dtype
 
 
-def weight_dtype_in(weight_dtype: str, in_comfy: bool, quantization: str = "none") -> torch.dtype | None:
-    """`weight_dtype` parsed (`resolve_weight_dtype`) and checked, the one place the loaders turn it into a
-    storage dtype: refused next to a bitsandbytes `quantization` (both shrink the weights) and outside ComfyUI
-    when it stores fp8 weights (those need ComfyUI's cast layers). The AR and DiT loaders call it before
-    loading anything and again when they make the layers castable (`prepare_*`, also the benchmarks' entry)."""
-    fp8_dtype = resolve_weight_dtype(weight_dtype)
+def parse_weight_dtype(weight_dtype: str | WeightDtype, fp8_possible: bool,
+                       quantization: str = "none") -> WeightDtype:
+    """`weight_dtype` as the loader received it -> the `WeightDtype` the model carries from then on: the one place
+    it is parsed (`resolve_weight_dtype`) and checked. Refused next to a bitsandbytes `quantization` (both shrink
+    the weights) and where the host has no cast layers for fp8 weights (`fp8_possible`: plain Python has none;
+    they are ComfyUI's). A `WeightDtype` (parsed where a loader received the string) is returned as it is."""
+    if isinstance(weight_dtype, WeightDtype):
+        return weight_dtype
+    label = weight_dtype
+    fp8_dtype = resolve_weight_dtype(label)
     if fp8_dtype is not None and quantization != "none":
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} and quantization {quantization} both shrink the "
+        raise GlmImageInputError(f"weight_dtype {label} and quantization {quantization} both shrink the "
                                  "weights: choose one (quantization none, or weight_dtype default)")
-    if fp8_dtype is not None and not in_comfy:
-        raise GlmImageInputError(f"weight_dtype {weight_dtype} uses ComfyUI's cast layers: it works inside "
+    if fp8_dtype is not None and not fp8_possible:
+        raise GlmImageInputError(f"weight_dtype {label} uses ComfyUI's cast layers: it works inside "
                                  "ComfyUI only; choose weight_dtype default here")
-    return fp8_dtype
+    return WeightDtype(label, fp8_dtype) if fp8_dtype is not None else DEFAULT_WEIGHTS
 
 
 @dataclass

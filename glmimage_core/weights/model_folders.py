@@ -1,8 +1,8 @@
-"""Where GLM-Image weights live: ComfyUI's `models/glm_image/`, or a folder named by the user.
+"""Where GLM-Image weights live: the host's folders for them, or a folder named by the user.
 
-Inside ComfyUI the folder is registered with `folder_paths` (so
-`extra_model_paths.yaml` can add more); outside it, `GLMIMAGE_MODELS_DIR` or
-explicit paths are used.
+Inside ComfyUI that is `models/glm_image/` (the ComfyUI host registers it with
+`folder_paths`, so `extra_model_paths.yaml` can add more); anywhere,
+`GLMIMAGE_MODELS_DIR` or explicit paths are used.
 """
 
 from __future__ import annotations
@@ -10,31 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..memory.host import _comfy_module
+from ..memory.host import host
 
 FOLDER_NAME = "glm_image"
 ENV_MODELS_DIR = "GLMIMAGE_MODELS_DIR"
 
 
-def register_comfy_folder() -> None:
-    """Add `models/glm_image` to ComfyUI's folder_paths (idempotent)."""
-    folder_paths = _comfy_module("folder_paths")
-    if folder_paths is None:
-        return
-    default = os.path.join(folder_paths.models_dir, FOLDER_NAME)
-    os.makedirs(default, exist_ok=True)
-    if FOLDER_NAME not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([default], set())
-    elif default not in folder_paths.folder_names_and_paths[FOLDER_NAME][0]:
-        folder_paths.add_model_folder_path(FOLDER_NAME, default)
-
-
 def search_roots() -> list[Path]:
-    roots: list[Path] = []
-    folder_paths = _comfy_module("folder_paths")
-    if folder_paths is not None:
-        register_comfy_folder()
-        roots += [Path(p) for p in folder_paths.get_folder_paths(FOLDER_NAME)]
+    """The host's folders for GLM-Image models (inside ComfyUI: models/glm_image and extra_model_paths.yaml's),
+    then those of GLMIMAGE_MODELS_DIR."""
+    roots = [Path(p) for p in host().model_folders(FOLDER_NAME)]
     if os.environ.get(ENV_MODELS_DIR):
         roots += [Path(p) for p in os.environ[ENV_MODELS_DIR].split(os.pathsep) if p]
     return roots

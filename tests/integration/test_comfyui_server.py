@@ -13,7 +13,8 @@ PACK_NODES = ["GLMImageARLoader", "GLMImageShape", "GLMImagePrompt", "GLMImageGe
               "GLMImageExtractTokens", "GLMImagePreviewTokens", "GLMImageSaveTokens", "GLMImageLoadTokens",
               "GLMImageDecoderLoader", "GLMImageDecode", "GLMImageDiTLoader", "GLMImageVAELoader",
               "GLMImageGlyphEncoderLoader", "GLMImageConditioning", "GLMImageScheduler",
-              "GLMImageLoraLoader", "GLMImageGenerateTokensServer", "GLMImageARProcessorLoader"]
+              "GLMImageLoraLoader", "GLMImageARLoraLoader", "GLMImageGenerateTokensServer",
+              "GLMImageARProcessorLoader"]
 
 
 @pytest.fixture(scope="module")
