@@ -30,6 +30,7 @@ import comfy.ops
 import comfy.utils
 import folder_paths
 
+from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.memory.host import CastOps, Room, install_host
 from ..glmimage_core.weights.model_folders import FOLDER_NAME
 
@@ -38,6 +39,10 @@ from ..glmimage_core.weights.model_folders import FOLDER_NAME
 #: deep clones make (native_patcher.fresh_native_model, vae.fresh_vae_patcher) are owned by their clone and
 #: never entered here.
 _PATCHERS: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
+#: module -> {(adapter ids, strengths): (the patches, a clone of its patcher carrying them)}: the AR LoRAs'
+#: patchers (`place(..., patches=...)`), made once per combination; ComfyUI swaps the patched weights in and
+#: out when it loads one clone after another, so the module's own weights stay the base.
+_PATCHED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 #: module -> ComfyUI objects made for it (its ComfyUI VAE), dropped with it by `forget`.
 _COMPANIONS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -90,6 +95,41 @@ def adopt(module: torch.nn.Module, patcher) -> None:
         if old is not None:
             _unload(old)
         _PATCHERS[module] = patcher
+
+
+def patchers_of(module: torch.nn.Module) -> list:
+    """`module`'s patcher and the patched clones made from it (AR LoRAs)."""
+    base = _PATCHERS.get(module)
+    clones = [clone for _, clone in _PATCHED.get(module, {}).values()]
+    return ([base] if base is not None else []) + clones
+
+
+def loaded_patcher(module: torch.nn.Module):
+    """The patcher of `module` that ComfyUI holds loaded now (the base or a patched clone), else the base."""
+    mine = patchers_of(module)
+    for loaded in mm.current_loaded_models:
+        if any(loaded.model is patcher for patcher in mine):
+            return loaded.model
+    return _PATCHERS.get(module)
+
+
+def _patched(module: torch.nn.Module, base, patches: tuple):
+    """A clone of `base` carrying `patches` ((ARLora, strength) pairs) as ComfyUI LoRA patches, made once."""
+    from .ar_lora_patches import comfy_patches
+
+    key = tuple((id(adapter), float(strength)) for adapter, strength in patches)
+    table = _PATCHED.setdefault(module, {})
+    if key not in table:
+        clone = base.clone()
+        for adapter, strength in patches:
+            wanted = comfy_patches(adapter)
+            added = clone.add_patches(wanted, strength)
+            if len(added) != len(wanted):
+                missing = sorted(set(wanted) - set(added))
+                raise GlmImageInputError(f"lora_name: {adapter.source!r}: ComfyUI could not patch {missing[:3]} of "
+                                         "the AR model (a layer it does not manage)")
+        table[key] = (patches, clone)  # the patches stay referenced, so their ids stay theirs
+    return table[key][1]
 
 
 def companions(module: torch.nn.Module) -> dict:
@@ -181,36 +221,42 @@ class ComfyHost:
         reserve = int(mm.extra_reserved_memory())
         needed = int(patcher.model_size()) + memory_required
         try:
+            mine = patchers_of(module)
             mm.free_memory(needed + reserve, device, keep_loaded=[loaded for loaded in mm.current_loaded_models
-                                                                  if loaded.model is patcher])
+                                                                  if any(loaded.model is p for p in mine)])
         except TypeError:  # a ComfyUI whose free_memory takes other arguments: it frees on load anyway
             pass
         return Room(free=free_vram(device, patcher) + int(patcher.loaded_size()), reserve=reserve, needed=needed)
 
-    def place(self, module, device, memory_required=0, max_resident=None, pinned=()) -> None:
+    def place(self, module, device, memory_required=0, max_resident=None, pinned=(), patches=()) -> None:
         patcher = self._patcher(module, device)
+        if patches:
+            patcher = _patched(module, patcher, tuple(patches))
         mm.load_models_gpu([patcher], memory_required=memory_required)
         limit_resident(patcher, max_resident)
         if patcher.loaded_size() < patcher.model_size():
             _pin(module, device, pinned)
 
     def is_streaming(self, module) -> bool:
-        patcher = patcher_of(module)
+        patcher = loaded_patcher(module)
         return patcher is not None and patcher.loaded_size() < patcher.model_size()
 
     def release(self, module, device) -> None:
-        patcher = patcher_of(module)
-        if patcher is not None:
+        mine = patchers_of(module)
+        for patcher in mine:
             _unload(patcher)
-        else:
+        if not mine:
             module.to(mm.unet_offload_device())
         mm.soft_empty_cache()
 
     def forget(self, module) -> None:
         _COMPANIONS.pop(module, None)
-        patcher = _PATCHERS.pop(module, None)
-        if patcher is not None:
+        mine = patchers_of(module)
+        _PATCHED.pop(module, None)
+        _PATCHERS.pop(module, None)
+        for patcher in mine:
             _unload(patcher)
+        if mine:
             mm.soft_empty_cache()
 
     def free_memory(self, device, module=None) -> int | None:

@@ -4,7 +4,9 @@ Same conditioning, same sampler code path and same DiT forward as a
 KSampler workflow, with GLM-Image's exact schedule (`glm_sigmas`) and Euler,
 which is what diffusers' GlmImagePipeline runs, so the pictures match diffusers
 (tests/test_native.py). Previews follow ComfyUI's --preview-method through its
-own latent_preview callback.
+own latent_preview callback. The GLM-specific steps are the engine's primitives
+(glmimage_core.dit: schedule, guidance branches, VRAM fit), which the engine's own
+loop (glmimage_core.dit.sampling) reads too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import comfy.samplers
 import latent_preview
 
 from ..glmimage_core.memory import vram_plan
-from ..glmimage_core.dit.sampling import glm_timesteps
+from ..glmimage_core.dit.fit import step_bytes, vae_decode_must_tile
+from ..glmimage_core.dit.guidance import branches_for, uses_guidance
+from ..glmimage_core.dit.schedule import unshifted_sigmas
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.payloads import DecoderBundle, DiTModel, PriorTokens
 from .comfy_host import free_vram, patcher_of
@@ -33,16 +37,16 @@ def glm_sigmas(model_patcher, steps: int) -> torch.Tensor:
     sampling works (its own timestep scale: 1000 for SD3, 1 for AuraFlow / Flux); others are refused by name."""
     sampling = model_patcher.get_model_object("model_sampling")
     require_flow_sampling(sampling)
-    timesteps = torch.from_numpy(glm_timesteps(steps, 1000)) / 1000.0
-    return torch.cat([sampling.sigma(timesteps * timestep_scale(sampling)).float(), torch.zeros(1)])
+    return torch.cat([sampling.sigma(unshifted_sigmas(steps) * timestep_scale(sampling)).float(), torch.zeros(1)])
 
 
 def decode_tiled_if_needed(vae, samples: torch.Tensor) -> torch.Tensor:
-    """ComfyUI VAE decode; tiled (ComfyUI's tiler) when one picture would not fit in free VRAM."""
+    """ComfyUI VAE decode; tiled (ComfyUI's tiler) when one picture would not fit in free VRAM (the engine's fit)."""
     device = vae.device
     if device.type != "cpu":
-        need = vae.memory_used_decode(samples[:1].shape, vae.vae_dtype)
-        if need > free_vram(device, vae.patcher) + vae.patcher.loaded_size():
+        free = free_vram(device, vae.patcher) + vae.patcher.loaded_size()
+        if vae_decode_must_tile(vae.glm_vae.vae.config, samples.shape[-2], samples.shape[-1],
+                                vae.vae_dtype.itemsize, free):
             return vae.decode_tiled(samples)
     return vae.decode(samples)
 
@@ -52,10 +56,7 @@ def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> s
     dit = bundle.dit
     if dit.device.type == "cpu":
         return None
-    rows = prior.batch_size * (2 if guidance > 1.0 else 1)
-    scale = dit.vae_scale_factor
-    working = vram_plan.dit_step_bytes(dit.transformer.config, prior.height // scale, prior.width // scale, rows,
-                                       act_bytes=dit.dtype.itemsize)
+    working = step_bytes(dit, prior.height, prior.width, prior.batch_size * len(branches_for(guidance)))
     weights = vram_plan.resident_bytes(dit.inventory, vram_plan.WeightOption(dit.weight_dtype.label))
     shape = f"{prior.width}x{prior.height} px" + (f", {prior.batch_size} pictures" if prior.batch_size > 1 else "")
     patcher = patcher_of(dit.transformer)
@@ -64,6 +65,7 @@ def decode_vram(bundle: DecoderBundle, prior: PriorTokens, guidance: float) -> s
                                           working, free, shape)
     if refused:
         raise GlmImageInputError(refused)
+    scale = dit.vae_scale_factor
     vae_bytes = vram_plan.vae_decode_bytes(bundle.vae_model.vae.config, prior.height // scale, prior.width // scale)
     streamed = " (the rest streams from RAM each step)" if weights + working > free else ""
     return (f"VRAM for this decode at {shape}: DiT {vram_plan.gb(weights)} weights + {vram_plan.gb(working)} per "
@@ -81,7 +83,7 @@ def decode_with_comfy(bundle: DecoderBundle, prior: PriorTokens, prompt: str | N
     noise = comfy.sample.prepare_noise(latent, seed)
     sigmas = glm_sigmas(cond.model, steps)
     callback = latent_preview.prepare_callback(cond.model, steps)
-    cfg = guidance if guidance > 1.0 else 1.0  # <= 1 turns guidance off, as in diffusers
+    cfg = guidance if uses_guidance(guidance) else 1.0  # <= 1 turns guidance off, as in diffusers
     samples = comfy.sample.sample_custom(cond.model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas,
                                          cond.positive, cond.negative, latent, callback=callback,
                                          disable_pbar=True, seed=seed)

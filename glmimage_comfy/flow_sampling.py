@@ -1,11 +1,13 @@
 """How ComfyUI's samplers meet GLM-Image's DiT: flow matching, its schedule's shift, and the DiT's timestep.
 
 GLM-Image's pipeline feeds the DiT the *unshifted* timestep minus one while its
-Euler step walks the *shifted* noise levels (mu from the picture size). ComfyUI
-passes a model `model_sampling.timestep(sigma)`, whose scale depends on which
-model-sampling object is active (1000 for SD3, 1 for AuraFlow and Flux), so the
-DiT's timestep is computed from the noise level sigma itself and GLM-Image's own
-mu for the latent's size, never from the sampling object's shift or multiplier.
+Euler step walks the *shifted* noise levels (mu from the picture size); mu and
+the DiT's timestep are the engine's (glmimage_core.dit.schedule), which its own
+loop reads too. ComfyUI passes a model `model_sampling.timestep(sigma)`, whose
+scale depends on which model-sampling object is active (1000 for SD3, 1 for
+AuraFlow and Flux), so the DiT's timestep is computed from the noise level sigma
+itself and GLM-Image's own mu for the latent's size, never from the sampling
+object's shift or multiplier.
 A stock flow model-sampling node (ModelSamplingSD3 / AuraFlow / Flux) therefore
 only changes which noise levels are visited; non-flow model sampling
 (ModelSamplingDiscrete eps/v, EDM, ...) is refused with the node named.
@@ -19,7 +21,7 @@ import torch
 
 import comfy.model_sampling
 
-from ..glmimage_core.dit.sampling import image_seq_len, shift_for
+from ..glmimage_core.dit.schedule import dit_timestep, glm_shift, latent_shift
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.payloads import DiTModel
 
@@ -35,11 +37,6 @@ def model_sampling_for(model_config, shift: float):
     sampling = GlmImageModelSampling(model_config)
     sampling.set_parameters(shift=shift, multiplier=1000)
     return sampling
-
-
-def unshifted_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
-    """Inverse of the time shift sigma' = s*sigma / (1 + (s-1)*sigma)."""
-    return sigma / (shift - (shift - 1.0) * sigma)
 
 
 def sampling_node_name(sampling) -> str:
@@ -109,22 +106,6 @@ def linear_shift_of(sampling) -> float | None:
     return float(shift)
 
 
-def glm_shift(dit: DiTModel, height: int, width: int) -> float:
-    """GLM-Image's own shift (mu) for a `width` x `height` px picture: the one the pipeline uses."""
-    return shift_for(dit.scheduler_config, image_seq_len(dit, height, width))
-
-
-def latent_shift(dit: DiTModel, latent: torch.Tensor) -> float:
-    """GLM-Image's mu for a latent's picture size (DiT patches of its last two dims)."""
-    patch = dit.patch_size
-    return shift_for(dit.scheduler_config, (latent.shape[-2] // patch) * (latent.shape[-1] // patch))
-
-
-def dit_timestep(sigma: torch.Tensor, mu: float) -> torch.Tensor:
-    """The timestep GLM-Image's DiT was trained on for noise level `sigma`: unshifted by its mu, * 1000, - 1."""
-    return unshifted_sigma(sigma, mu) * 1000.0 - 1.0
-
-
 def dit_timestep_for(sampling, timestep: torch.Tensor, latent: torch.Tensor, dit: DiTModel) -> torch.Tensor:
     """`GlmImageModel.process_timestep`: ComfyUI's `sampling.timestep(sigma)` -> the DiT's timestep for `latent`."""
     require_flow_sampling(sampling)
@@ -142,5 +123,4 @@ def with_shift_for(model_patcher, height: int, width: int):
 
 
 __all__ = ["GlmImageModelSampling", "model_sampling_for", "require_flow_sampling", "timestep_scale",
-           "linear_shift_of", "sampling_node_name", "glm_shift", "dit_timestep", "dit_timestep_for", "with_shift_for",
-           "unshifted_sigma"]
+           "linear_shift_of", "sampling_node_name", "glm_shift", "dit_timestep", "dit_timestep_for", "with_shift_for"]

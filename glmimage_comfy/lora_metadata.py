@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import torch
 
 from ..glmimage_core.errors import GlmImageInputError
+from ..glmimage_core.weights.peft import pattern_value
 
 METADATA_KEY = "lora_adapter_metadata"
 PREFIX = "transformer"
@@ -53,15 +53,6 @@ def _number(value, what: str, name: str) -> float:
     return float(value)
 
 
-def _pattern_value(patterns: dict, module: str):
-    """PEFT's rule for alpha_pattern / rank_pattern: the first pattern that matches the end of the module
-    name (whole dotted parts, the pattern read as a regular expression) applies."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return None
-
-
 def with_peft_alphas(lora: dict, metadata: dict | None, name: str = "lora") -> tuple[dict, str | None]:
     """`lora` plus a `<module>.alpha` tensor per diffusers/PEFT LoRA module, so that ComfyUI's scale
     (alpha / rank) is diffusers' (lora_alpha / r, per-module alpha_pattern, rsLoRA's / sqrt(r)).
@@ -86,7 +77,7 @@ def with_peft_alphas(lora: dict, metadata: dict | None, name: str = "lora") -> t
         if prefix + ".alpha" in lora:
             continue
         module = prefix[len(PREFIX) + 1:] if prefix.startswith(PREFIX + ".") else prefix
-        alpha = _pattern_value(alpha_pattern, module)
+        alpha = pattern_value(alpha_pattern, module)
         if alpha is None:
             if default is None:
                 continue  # neither says: PEFT's default alpha equals r, as ComfyUI assumes

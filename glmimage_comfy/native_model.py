@@ -7,8 +7,8 @@
 - Sampling is flow matching (flow_sampling.py): `process_timestep` maps the noise
   level back to the timestep the DiT was trained on, so any ComfyUI sampler,
   scheduler and flow model-sampling node works, and others are refused by name.
-- Latents are normalised per channel (`GlmImageLatentFormat`, the VAE config's
-  latents_mean / latents_std), so stock `VAE Decode` gets raw VAE latents, and
+- Latents are normalised per channel (`GlmImageLatentFormat` through the engine's
+  `LatentStats`: the VAE config's latents_mean / latents_std), so stock `VAE Decode` gets raw VAE latents, and
   the latent-to-RGB preview factors are fitted from the VAE itself on first use.
 - Conditioning (see conditioning.py) carries the prior tokens, glyph embeddings
   and, for image-to-image, the source images; each row of a batch knows whether
@@ -30,8 +30,9 @@ import comfy.model_base
 import comfy.supported_models_base
 import comfy.utils
 
-from ..glmimage_core.memory import vram_plan
-from ..glmimage_core.dit.forward import SourceKV, build_source_kv, velocity
+from ..glmimage_core.dit.fit import latent_step_bytes
+from ..glmimage_core.dit.forward import SourceKV, pad_glyphs, velocity
+from ..glmimage_core.dit.latents import source_kv
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.payloads import DiTModel, LatentStats
 from .flow_sampling import dit_timestep_for, model_sampling_for
@@ -53,16 +54,11 @@ class GlmImageLatentFormat(comfy.latent_formats.LatentFormat):
         self._preview_source = preview_factors  # () -> (factors [C][3], bias [3]) or None
         self._preview: tuple | None = None
 
-    def _tensors(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.stats.tensors(latent.device, latent.dtype)
-
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
-        mean, std = self._tensors(latent)
-        return (latent - mean) / std
+        return self.stats.normalise(latent)
 
     def process_out(self, latent: torch.Tensor) -> torch.Tensor:
-        mean, std = self._tensors(latent)
-        return latent * std + mean
+        return self.stats.denormalise(latent)
 
     def _preview_factors(self) -> tuple | None:
         if self._preview is None and self._preview_source is not None:
@@ -128,9 +124,7 @@ class GlyphCond(comfy.conds.CONDRegular):
         return s1[0] == s2[0] and s1[2] == s2[2] and self.cond.device == other.cond.device
 
     def concat(self, others):
-        conds = [self.cond] + [o.cond for o in others]
-        longest = max(c.shape[1] for c in conds)
-        return torch.cat([torch.nn.functional.pad(c, (0, 0, 0, longest - c.shape[1])) for c in conds])
+        return pad_glyphs([self.cond] + [o.cond for o in others])[0]
 
 
 # --------------------------------------------------------------------------- the model
@@ -150,7 +144,6 @@ class GlmImageDiffusionModel(torch.nn.Module):
         self.transformer = dit.transformer
         self.pixel_scale = dit.vae_scale_factor
         self.latent_stats = dit.latent_stats
-        self.compute_dtype = dit.dtype
         self._source_kv: dict[int, tuple[SourceImages, SourceKV]] = {}
 
     @property
@@ -165,8 +158,8 @@ class GlmImageDiffusionModel(torch.nn.Module):
     def _kv_for(self, sources: SourceImages, dtype: torch.dtype, device: torch.device) -> SourceKV:
         entry = self._source_kv.get(id(sources))
         if entry is None or entry[0] is not sources:
-            latents = [self.latent_stats.normalise(lat.to(device, torch.float32)).to(dtype) for lat in sources.latents]
-            kv = build_source_kv(self.transformer, latents, [i.to(device) for i in sources.ids], self.pixel_scale)
+            kv = source_kv(self.transformer, sources.latents, sources.ids, self.latent_stats, self.pixel_scale,
+                           device, dtype)
             self._source_kv[id(sources)] = entry = (sources, kv)
         return entry[1]
 
@@ -227,11 +220,9 @@ class GlmImageModel(comfy.model_base.BaseModel):
         return out
 
     def memory_required(self, input_shape, cond_shapes={}):
-        """Activations of one forward over `input_shape[0]` rows (glmimage_core.memory.vram_plan.dit_step_bytes)."""
+        """Activations of one forward over `input_shape[0]` rows (glmimage_core.dit.fit, as the engine's loop)."""
         rows, _, height, width = input_shape[:4]
-        config = self.diffusion_model.transformer.config
-        return vram_plan.dit_step_bytes(config, height, width, rows,
-                                        act_bytes=self.diffusion_model.compute_dtype.itemsize)
+        return latent_step_bytes(self.dit, height, width, rows)
 
 
 def check_latent_matches(latent: torch.Tensor, prior_ids: torch.Tensor, dit: DiTModel,

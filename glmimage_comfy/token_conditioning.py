@@ -1,10 +1,12 @@
 """GLM-Image tokens -> ComfyUI `CONDITIONING` (+ the MODEL's schedule for their size, + an empty LATENT).
 
-Positive: the prompt's glyph embeddings (its quoted text through ByT5), the
-tokens' d16 prior ids, kept. Negative: GLM-Image's unguided branch, the empty
-text's glyph embeddings and the same ids, dropped. For image-to-image both
-carry the source images (raw VAE latents + their d16 ids); the positive rows
-read them through the DiT's keys/values, the negative rows do not. The checks
+Positive and negative are the engine's guidance branches (glmimage_core.dit.guidance:
+GUIDED, UNGUIDED), the same rows the engine's own loop runs. Positive: the
+prompt's glyph embeddings (its quoted text through ByT5), the tokens' d16 prior
+ids, kept. Negative: GLM-Image's unguided branch, the empty text's glyph
+embeddings and the same ids, dropped. For image-to-image both carry the source
+images (raw VAE latents + their d16 ids); the positive rows read them through
+the DiT's keys/values, the negative rows do not. The checks
 are the decode node's own (glmimage_core.dit.decoder_inputs.validate).
 
 The MODEL output gets GLM-Image's shift for the tokens' size, unless a stock
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from ..glmimage_core.dit.decoder_inputs import validate
-from ..glmimage_core.dit.sampling import encode_glyphs
+from ..glmimage_core.dit.glyphs import encode_glyphs
+from ..glmimage_core.dit.guidance import GUIDED, UNGUIDED, Branch
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids
@@ -56,11 +59,10 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
         raise GlmImageInputError(f"glyph_encoder gives embeddings of size {glyph.embed_dim} but the DiT expects "
                                  f"{dit.transformer.config.text_embed_dim}: use the glyph encoder of the same release")
     with glyph.lock, torch.inference_mode():
-        positive = encode_glyphs(glyph, inputs.prompt, glyph.device, torch.float32).cpu()
-        negative = encode_glyphs(glyph, "", glyph.device, torch.float32).cpu()
+        glyphs = {b: encode_glyphs(glyph, b.glyph_prompt(inputs.prompt), glyph.device, torch.float32).cpu()
+                  for b in (GUIDED, UNGUIDED)}
     batch = inputs.grids.shape[0]
     ids = d16_ids(inputs.grids)
-    keep = torch.zeros(batch, 1, dtype=torch.long)
     common = {"glm_prior_ids": ids, "glm_size": (inputs.height, inputs.width)}  # size: for latent checks
     if inputs.source_grids:
         if vae is None:
@@ -70,12 +72,17 @@ def build_conditioning(model_patcher, glyph: GlyphEncoder, prior: PriorTokens, p
                                         zip(inputs.sources, inputs.source_grids)],
                                ids=[d16_ids(g) for g in inputs.source_grids])
         common["glm_sources"] = sources
-    pos = [[positive, {**common, "glm_prior_drop": keep, "glm_read_sources": 1 - keep}]]
-    neg = [[negative, {**common, "glm_prior_drop": 1 - keep, "glm_read_sources": keep}]]
+    pos, neg = ([[glyphs[b], {**common, **_branch_conds(b, batch)}]] for b in (GUIDED, UNGUIDED))
     scale = dit.vae_scale_factor
     latent = torch.zeros(batch, dit.latent_channels, inputs.height // scale, inputs.width // scale)
     model, note = _scheduled(model_patcher, dit, inputs.height, inputs.width)
     return GlmConditioning(model=model, positive=pos, negative=neg, latent={"samples": latent}, note=note)
+
+
+def _branch_conds(branch: Branch, batch: int) -> dict:
+    """A guidance branch's rows as conditioning carries them: [batch, 1] 0/1 per picture."""
+    drop, read = branch.flags(batch)
+    return {"glm_prior_drop": drop.long().unsqueeze(1), "glm_read_sources": read.long().unsqueeze(1)}
 
 
 def _scheduled(model_patcher, dit: DiTModel, height: int, width: int):

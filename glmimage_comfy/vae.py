@@ -25,6 +25,7 @@ import comfy.sd
 
 from ..glmimage_core.memory import vram_plan
 from ..glmimage_core.memory.placement import ensure_on_device
+from ..glmimage_core.dit.latents import vae_decode, vae_encode
 from .comfy_host import adopt, companions, new_patcher
 from ..glmimage_core.dit.loading import fresh_vae
 from ..glmimage_core.payloads import VAEModel
@@ -33,17 +34,18 @@ log = logging.getLogger("GLM-Image")
 
 
 class VAEAdapter(torch.nn.Module):
-    """What ComfyUI's VAE calls `first_stage_model`: encode -> latent mode, decode -> pixels in -1..1."""
+    """What ComfyUI's VAE calls `first_stage_model`: encode -> latent mode, decode -> pixels in -1..1 (the
+    engine's `vae_encode` / `vae_decode`, which its own loop calls too)."""
 
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
         self.vae = vae
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels).latent_dist.mode()
+        return vae_encode(self.vae, pixels)
 
     def decode(self, latents: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.vae.decode(latents, return_dict=False)[0]
+        return vae_decode(self.vae, latents)
 
 
 class _QuietEmptyInit(logging.Filter):
@@ -118,7 +120,7 @@ def preview_factors(vae_model: VAEModel, pictures: int = 12, size: int = 128, se
     images = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest") * 2 - 1
     ensure_on_device(vae_model.vae, vae_model.device)
     with torch.inference_mode():
-        raw = vae_model.vae.encode(images.to(vae_model.device, vae_model.dtype)).latent_dist.mode().float().cpu()
+        raw = vae_encode(vae_model.vae, images.to(vae_model.device, vae_model.dtype)).float().cpu()
     return fit_rgb_factors(vae_model.latent_stats.normalise(raw), torch.nn.functional.avg_pool2d(images, scale))
 
 

@@ -138,6 +138,9 @@ class ARModel:
     embeddings_on_host: bool = False
     #: (batch, total length) shapes speed=compiled has compiled for (transformers keeps the compiled step).
     compiled_shapes: set = field(default_factory=set, repr=False)
+    #: AR LoRAs as (ar.lora_adapters.ARLora, strength) pairs, applied by the host while the model runs
+    #: ('Load GLM-Image AR LoRA'); the model's own weights stay the cached base others use.
+    loras: tuple = ()
 
     @property
     def config(self):

@@ -4,6 +4,7 @@ from typing_extensions import override
 
 from .api import ComfyExtension, io
 
+from .ar_lora import GLMImageARLoraLoader
 from .conditioning import GLMImageConditioning, GLMImageScheduler
 from .decode import GLMImageDecode
 from .decoder_loader import GLMImageDecoderLoader
@@ -34,6 +35,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageConditioning,
     GLMImageScheduler,
     GLMImageLoraLoader,
+    GLMImageARLoraLoader,
 ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..glmimage_comfy.lora_metadata import with_peft_alphas
+from ..glmimage_core.ar.lora_adapters import is_ar_lora
+from ..glmimage_core.errors import GlmImageInputError
 from .api import io
 from .messages import show_message
 from .sockets import CATEGORY
@@ -48,6 +50,9 @@ class GLMImageLoraLoader(io.ComfyNode):
             return io.NodeOutput(model)
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         lora, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+        if is_ar_lora(lora):
+            raise GlmImageInputError(f"lora_name {lora_name!r} is a LoRA of GLM-Image's AR model, not of the DiT: "
+                                     "apply it with 'Load GLM-Image AR LoRA' on the AR model")
         lora, note = with_peft_alphas(lora, metadata, name=f"lora_name {lora_name!r}")
         if note:
             show_message(note)

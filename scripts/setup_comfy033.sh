@@ -5,7 +5,7 @@
 #   .venv-comfy033/         its Python: torch 2.11.0 + torchvision 0.26.0 + torchaudio 2.11.0 (0.33's
 #                           comfy/sd.py imports torchaudio, which the package index has only for torch
 #                           <= 2.11; torchaudio 2.11.1 does not load with torch 2.11.0), 0.33's requirements,
-#                           the pack's requirements (transformers 5.23.0, diffusers 0.42.1) and pytest
+#                           the pack's requirements (transformers 5.23.0, diffusers 0.42.1), pytest and peft
 # Independent of setup_env.sh's .venv (so it can run at the same time). Idempotent: each part writes a
 # stamp when complete. Without the snapshot it says so loudly and exits 0: the tests on 0.33.0 then skip
 # and name the reason. GLMIMAGE_SKIP_COMFY033=1 skips it on request; GLMIMAGE_SETUP_FORCE=1 redoes it.
@@ -81,6 +81,9 @@ if ! stamp_ok "$VENV033/.glmimage-stamp" "$VENV033_WANT"; then
 else
   say "venv for ComfyUI 0.33.0 is up to date ($VENV033)"
 fi
+# Test-only: peft (the AR LoRA tests), checked on every run so that an older venv gets it without a rebuild.
+"$VENV033/bin/python" -c 'import peft' 2>/dev/null || {
+  say "installing peft (tests only)"; pip_in "$VENV033/bin/python" install -c "$CONSTRAINTS033" peft; }
 "$VENV033/bin/python" - <<'PYEOF' || die "$VENV033 lacks packages: rerun with GLMIMAGE_SETUP_FORCE=1"
 from importlib.metadata import version
 print("[setup-0.33] " + ", ".join(f"{name} {version(name)}" for name in

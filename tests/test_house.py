@@ -95,6 +95,22 @@ def test_payloads_import_no_behaviour_module():
     assert not behaviour, f"payloads.py imports behaviour modules: {behaviour}"
 
 
+NOT_IN_THE_ENGINE = ("comfy", "folder_paths", "server", "comfy_execution", "latent_preview", "comfy_api")
+
+
+def test_the_engine_names_no_comfyui_module():
+    """ComfyUI reaches the engine only through the host that glmimage_comfy installs: no module under
+    glmimage_core/ imports ComfyUI or looks it up by name (the import test in test_host_seam runs it without)."""
+    import re as _re
+
+    pattern = _re.compile(r"""(^\s*(from|import)\s+(%s)\b)|(["'](%s)(\.[\w.]+)?["'])""" % (
+        "|".join(NOT_IN_THE_ENGINE), "|".join(NOT_IN_THE_ENGINE)), _re.M)
+    found = {str(path.relative_to(REPO)): sorted({m.group(0).strip() for m in pattern.finditer(
+        path.read_text(encoding="utf-8"))}) for path in python_files("glmimage_core")}
+    found = {name: hits for name, hits in found.items() if hits}
+    assert not found, f"ComfyUI named inside the engine: {found}"
+
+
 def test_no_two_files_share_a_name_across_layers():
     """The engine, the native ComfyUI models and the nodes each name their files for their own job: a name used
     at two layers (conditioning.py, token_files.py before 0.2.1) makes a newcomer open the wrong one."""
@@ -114,3 +130,28 @@ def test_the_engine_is_in_rooms_by_stage():
     rooms = sorted(path.name for path in (REPO / "glmimage_core").iterdir()
                    if path.is_dir() and (path / "__init__.py").is_file())
     assert rooms == ["ar", "demo", "dit", "memory", "tokens", "weights"], rooms
+
+
+#: A marker of each GLM-Image DiT sampling step, and the one module allowed to write it (issue 17, section 3):
+#: the engine's loop and ComfyUI's path call these primitives instead of repeating them.
+DIT_STEPS = {
+    "latent_dist": "glmimage_core/dit/latents.py",  # VAE encode: raw latents are the distribution's mode
+    "tiled_decode": "glmimage_core/dit/latents.py",  # VAE decode, tiled when it does not fit
+    "np.linspace(": "glmimage_core/dit/schedule.py",  # the timestep grid
+    "dit_step_bytes(": "glmimage_core/dit/fit.py",  # the VRAM fit of a DiT step (vram_plan defines it)
+    "functional.pad(": "glmimage_core/dit/forward.py",  # glyph rows of different lengths, padded
+    "- mean) / std": "glmimage_core/payloads.py",  # latent normalisation (LatentStats)
+}
+
+
+def test_each_dit_sampling_step_is_written_once():
+    """The schedule, guidance rows, source latents, VAE decode / tiling, VRAM fit and latent normalisation live in
+    one module each (glmimage_core/dit/ or payloads); glmimage_comfy and the engine's loop call them."""
+    texts = {str(path.relative_to(REPO)).replace("\\", "/"): path.read_text(encoding="utf-8")
+             for folder in ("glmimage_core", "glmimage_comfy", "nodes") for path in (REPO / folder).rglob("*.py")}
+    for marker, home in DIT_STEPS.items():
+        writers = sorted(name for name, text in texts.items()
+                         if marker in text and name != "glmimage_core/memory/vram_plan.py")
+        assert writers == [home], f"{marker!r} is written in {writers}; it belongs in {home} only"
+    mixes = sorted(name for name, text in texts.items() if re.search(r"\w+ \+ \w+ \* \(\w+ - \w+\)", text))
+    assert mixes == ["glmimage_core/dit/guidance.py"], f"the guidance mix is written in {mixes}"

@@ -49,6 +49,7 @@ def ar_residency(ar: ARModel, inputs: GlmImageInputs, images: int, allow_streami
 
     largest = vram_plan.largest_layer_bytes(ar.model)
     return Residency(memory_required=working, must_fit=not allow_streaming, message=message, pinned=ar.pinned,
+                     patches=ar.loras,
                      streaming_message=lambda free: vram_plan.streaming_message("the AR model", largest, working,
                                                                                 free, shape))
 
@@ -59,7 +60,7 @@ def ar_on_device(ar: ARModel, offload_after: bool = False, residency: Residency 
     if ar.quantization != "none":  # bitsandbytes weights live where they were loaded
         yield ar.device
         return
-    ensure_on_device(ar.model, ar.device, residency)
+    ensure_on_device(ar.model, ar.device, residency if residency is not None else Residency(patches=ar.loras))
     if notes is not None and is_streaming(ar.model):
         notes.append("The AR model did not fit in free VRAM and streams its layers from RAM on every token "
                      "(slow): weight_dtype fp8_e4m3fn or quantization nf4 in the loader would keep it on the GPU.")

@@ -139,3 +139,38 @@ def build_tiny_hub_layout(root: str | Path, seed: int = 0, codebook: int = TINY_
              "processor": ["transformers", "GlmImageProcessor"]}
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
     return root
+
+
+def random_ar_lora(ar_dir: str | Path, out_dir: str | Path, seed: int = 0, **lora_config) -> Path:
+    """A PEFT LoRA of the tiny AR model at `ar_dir`, made and saved by peft itself (`get_peft_model` +
+    `save_pretrained`: adapter_model.safetensors + adapter_config.json in `out_dir`), with random non-zero
+    A and B so that it changes the tokens. `lora_config` goes to `LoraConfig` (default: r 8, lora_alpha 16
+    on q/k/v/o, as the LoRAs people train for GLM-Image's AR model). Needs peft (tests only)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GlmImageForConditionalGeneration
+
+    model = GlmImageForConditionalGeneration.from_pretrained(ar_dir, dtype=torch.float32)
+    config = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], **lora_config}
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **config))
+    peft_model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def peft_merged_ar_model(ar_dir: str | Path, loras: list[tuple[str | Path, float]]):
+    """The tiny AR model with PEFT adapters merged by peft (`merge_and_unload`), one after the other, each at
+    its strength (peft's own `set_scale`: strength x lora_alpha / r, the merge ComfyUI's strength should give)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    from transformers import GlmImageForConditionalGeneration
+
+    model = GlmImageForConditionalGeneration.from_pretrained(ar_dir, dtype=torch.float32)
+    for lora_dir, strength in loras:
+        peft_model = PeftModel.from_pretrained(model, str(lora_dir))
+        if strength != 1:
+            for module in peft_model.modules():
+                if isinstance(module, LoraLayer):
+                    module.set_scale("default", strength)
+        model = peft_model.merge_and_unload()
+    return model.eval()

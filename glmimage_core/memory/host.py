@@ -67,8 +67,10 @@ class Host(Protocol):
     def make_room(self, module: torch.nn.Module, device: torch.device, memory_required: int) -> Room | None:
         """Free what can be freed for `module` on `device`; None where the host keeps no accounting."""
     def place(self, module: torch.nn.Module, device: torch.device, memory_required: int = 0,
-              max_resident: int | None = None, pinned: Sequence[str] = ()) -> None:
-        """Make `module` ready to compute on `device` (at most `max_resident` weight bytes resident)."""
+              max_resident: int | None = None, pinned: Sequence[str] = (), patches: tuple = ()) -> None:
+        """Make `module` ready to compute on `device` (at most `max_resident` weight bytes resident), with
+        `patches` ((adapter, strength) pairs, e.g. AR LoRAs) applied to its weights for this run and taken off
+        again when it is placed without them; the module's own weights are never changed for good."""
     def is_streaming(self, module: torch.nn.Module) -> bool: ...
     def release(self, module: torch.nn.Module, device: torch.device) -> None:
         """Take `module` off `device` now (the next model gets the memory)."""
@@ -131,7 +133,12 @@ class PlainHost:
     def make_room(self, module, device, memory_required) -> Room | None:
         return None
 
-    def place(self, module, device, memory_required=0, max_resident=None, pinned=()) -> None:
+    def place(self, module, device, memory_required=0, max_resident=None, pinned=(), patches=()) -> None:
+        if patches:
+            from ..errors import GlmImageInputError
+
+            raise GlmImageInputError("AR LoRAs are applied by ComfyUI's model patcher: run 'Load GLM-Image AR "
+                                     "LoRA' inside ComfyUI")
         if _first_device(module) != device:
             module.to(device)
 

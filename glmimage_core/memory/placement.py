@@ -46,6 +46,8 @@ class Residency:
     pinned: list[str] = field(default_factory=list)
     #: When streaming is allowed: why even streaming cannot run with `free` bytes, or None (see vram_plan).
     streaming_message: Callable[[int], str | None] | None = None
+    #: (adapter, strength) pairs the host applies to the weights while the model is placed (AR LoRAs).
+    patches: tuple = ()
 
 
 def ensure_on_device(module: torch.nn.Module, device: torch.device, residency: Residency | None = None) -> None:
@@ -60,7 +62,8 @@ def ensure_on_device(module: torch.nn.Module, device: torch.device, residency: R
             refused = residency.streaming_message(room.free - room.reserve) if residency.streaming_message else None
             if refused:
                 raise NotEnoughVRAM(refused)
-    the_host.place(module, device, residency.memory_required, residency.max_resident, residency.pinned)
+    the_host.place(module, device, residency.memory_required, residency.max_resident, residency.pinned,
+                   residency.patches)
 
 
 def is_streaming(module: torch.nn.Module) -> bool:

@@ -1,1 +1,1 @@
-"""Weight files and formats: the safetensors header reader, cast layers, model folders."""
+"""Weight files and formats: the safetensors header reader, cast layers, model folders, PEFT adapter rules."""

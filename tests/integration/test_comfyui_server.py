@@ -13,7 +13,7 @@ PACK_NODES = ["GLMImageARLoader", "GLMImageShape", "GLMImagePrompt", "GLMImageGe
               "GLMImageExtractTokens", "GLMImagePreviewTokens", "GLMImageSaveTokens", "GLMImageLoadTokens",
               "GLMImageDecoderLoader", "GLMImageDecode", "GLMImageDiTLoader", "GLMImageVAELoader",
               "GLMImageGlyphEncoderLoader", "GLMImageConditioning", "GLMImageScheduler",
-              "GLMImageLoraLoader"]
+              "GLMImageLoraLoader", "GLMImageARLoraLoader"]
 
 
 @pytest.fixture(scope="module")
