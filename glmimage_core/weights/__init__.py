@@ -1,1 +1,1 @@
-"""Weight files and formats: where each part's weights come from and how they are stored."""
+"""Weight files and formats: the safetensors header reader, cast layers, model folders."""
