@@ -9,7 +9,7 @@ root) do not fail.
 
 async def comfy_entrypoint():
     from .glmimage_comfy import lora_keys
-    from .glmimage_core.model_folders import register_comfy_folder
+    from .glmimage_core.weights.model_folders import register_comfy_folder
     from .nodes import GlmImageExtension
 
     register_comfy_folder()

@@ -33,11 +33,11 @@ import torch
 
 from common import REPO, raw_generate  # noqa: E402  (puts the repo on sys.path)
 
-from glmimage_core.ar_loading import load_ar_model  # noqa: E402
-from glmimage_core.demo_models import build_tiny_ar_model  # noqa: E402
-from glmimage_core.token_grids import extract_prior  # noqa: E402
-from glmimage_core.ar_generate import generate_tokens  # noqa: E402
-from glmimage_core.ar_prompt import prepare_inputs  # noqa: E402
+from glmimage_core.ar.loading import load_ar_model  # noqa: E402
+from glmimage_core.demo.models import build_tiny_ar_model  # noqa: E402
+from glmimage_core.tokens.grids import extract_prior  # noqa: E402
+from glmimage_core.ar.generation import generate_tokens  # noqa: E402
+from glmimage_core.ar.chat_prompt import prepare_inputs  # noqa: E402
 from glmimage_core.shapes import GridShape  # noqa: E402
 
 PROMPT = "A red fox in the snow"
@@ -78,7 +78,7 @@ def peak_load_ram(folder: Path) -> dict:
 import resource, sys
 sys.path.insert(0, {str(REPO)!r})
 import torch, transformers
-from glmimage_core.ar_loading import load_ar_model
+from glmimage_core.ar.loading import load_ar_model
 def hwm():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM'):

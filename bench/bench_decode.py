@@ -1,4 +1,4 @@
-"""Decode speed: `glmimage_core.dit_sampling.decode_prior` vs diffusers' `GlmImagePipeline`, side by side.
+"""Decode speed: `glmimage_core.dit.sampling.decode_prior` vs diffusers' `GlmImagePipeline`, side by side.
 
 Both run on the same tiny random components (one hub-layout folder, loaded
 once by each), the same tokens and the same seed; repeats alternate which one
@@ -25,10 +25,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glmimage_core.decoder_loading import load_decoder  # noqa: E402
-from glmimage_core.dit_sampling import decode_prior  # noqa: E402
-from glmimage_core.demo_decoder import build_tiny_full_hub_layout  # noqa: E402
-from glmimage_core.demo_models import TINY_CODEBOOK  # noqa: E402
+from glmimage_core.dit.loading import load_decoder  # noqa: E402
+from glmimage_core.dit.sampling import decode_prior  # noqa: E402
+from glmimage_core.demo.decoder import build_tiny_full_hub_layout  # noqa: E402
+from glmimage_core.demo.models import TINY_CODEBOOK  # noqa: E402
 from glmimage_core.payloads import PriorTokens  # noqa: E402
 
 

@@ -5,7 +5,7 @@
 
 AR stage (GlmImageForConditionalGeneration, 40 layers, bf16, built in place on the device):
   raw generate     the upstream usage: chat template with the target size, manual_seed, model.generate
-  pack standard    glmimage_core.ar_generate.generate_tokens (what the node runs)
+  pack standard    glmimage_core.ar.generation.generate_tokens (what the node runs)
   pack compiled    speed=compiled (static KV cache + torch.compile, CUDA graphs); first run compiles
                    (reported), the second one is timed
   batch 4          images=4 in one batched generate (images/s against batch 1)
@@ -33,16 +33,16 @@ import torch
 from common import (REPO, Measured, StepClock, gib, machine, quiet_libraries, raw_generate,  # noqa: E402
                     timed)
 
-from glmimage_core import real_size  # noqa: E402
-from glmimage_core.ar_loading import load_ar_model, prepare_ar_model  # noqa: E402
-from glmimage_core.decoder_loading import load_decoder, prepare_dit  # noqa: E402
-from glmimage_core.dit_sampling import decode_latents, decode_prior  # noqa: E402
-from glmimage_core.demo_decoder import (LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG,  # noqa: E402
+from glmimage_core.demo import real_size  # noqa: E402
+from glmimage_core.ar.loading import load_ar_model, prepare_ar_model  # noqa: E402
+from glmimage_core.dit.loading import load_decoder, prepare_dit  # noqa: E402
+from glmimage_core.dit.sampling import decode_latents, decode_prior  # noqa: E402
+from glmimage_core.demo.decoder import (LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG,  # noqa: E402
                                         build_tiny_full_hub_layout)
-from glmimage_core.token_grids import extract_prior  # noqa: E402
-from glmimage_core.ar_generate import generate_tokens  # noqa: E402
+from glmimage_core.tokens.grids import extract_prior  # noqa: E402
+from glmimage_core.ar.generation import generate_tokens  # noqa: E402
 from glmimage_core.payloads import DecoderBundle, GlyphEncoder, VAEModel  # noqa: E402
-from glmimage_core.ar_prompt import prepare_inputs  # noqa: E402
+from glmimage_core.ar.chat_prompt import prepare_inputs  # noqa: E402
 from glmimage_core.shapes import GridShape  # noqa: E402
 
 PROMPT = 'A street cafe at night, a neon sign that says "GLM"'

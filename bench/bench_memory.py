@@ -6,7 +6,7 @@
 1. Bytes each option keeps on the GPU, exact, counted on models built on the `meta` device at the published
    sizes (no memory, no download): AR bf16 / fp8_e4m3fn / int8 / nf4 (its 1.28 GiB text embedding table
    stays in RAM inside ComfyUI), DiT bf16 / fp8.
-2. Working memory of a 1024x1024 text-to-image run (glmimage_core.vram_plan): the AR model's KV cache and
+2. Working memory of a 1024x1024 text-to-image run (glmimage_core.memory.vram_plan): the AR model's KV cache and
    activations, a DiT step with both guidance rows, an untiled VAE decode.
 3. Per card: the options the README recommends, the peak of each stage and whether it fits without
    streaming; the DiT may stream (ComfyUI's lowvram), the AR model may not.
@@ -31,7 +31,8 @@ import torch
 
 from common import REPO, StepClock, machine, quiet_libraries, timed  # noqa: E402
 
-from glmimage_core import real_size, vram_plan  # noqa: E402
+from glmimage_core.demo import real_size  # noqa: E402
+from glmimage_core.memory import vram_plan  # noqa: E402
 
 GIB = vram_plan.GIB
 #: Usable VRAM on a card: its size minus the CUDA context and ComfyUI's reserve (~0.8 GiB together).
@@ -105,7 +106,7 @@ def layer_cost(tiny: bool) -> dict:
 
     import comfy.ops
 
-    from glmimage_core.cast_layers import make_castable
+    from glmimage_core.weights.cast_layers import make_castable
 
     if tiny:  # the code path only: GLM-Image's layer kinds at a fraction of the width
         from diffusers import GlmImageTransformer2DModel
@@ -152,13 +153,13 @@ def gpu_options(device: torch.device, ar_grid: int = 32, dit_limits: tuple = (No
     The AR model samples a picture of `ar_grid` x `ar_grid` tokens (32: 1024x1024; fewer to fit a time
     budget: the rows record their token count, and `versus_estimates` compares them with the estimate for
     that count). `dit_limits`: the resident budgets of the bf16, fp8 and streamed fp8 DiT rows."""
-    from glmimage_core.ar_loading import prepare_ar_model
-    from glmimage_core.decoder_loading import prepare_dit
-    from glmimage_core.demo_decoder import LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG
-    from glmimage_core.dit_forward import velocity
-    from glmimage_core.ar_generate import generate_tokens
-    from glmimage_core.comfy_memory import Residency, ensure_on_device, forget
-    from glmimage_core.ar_prompt import prepare_inputs
+    from glmimage_core.ar.loading import prepare_ar_model
+    from glmimage_core.dit.loading import prepare_dit
+    from glmimage_core.demo.decoder import LATENTS_MEAN, LATENTS_STD, SCHEDULER_CONFIG
+    from glmimage_core.dit.forward import velocity
+    from glmimage_core.ar.generation import generate_tokens
+    from glmimage_core.memory.comfy_memory import Residency, ensure_on_device, forget
+    from glmimage_core.ar.chat_prompt import prepare_inputs
     from glmimage_core.shapes import GridShape
 
     rows = []
@@ -226,7 +227,7 @@ def versus_estimates(cards: list[dict], s: dict, measured: list[dict]) -> list[d
     table; `flag` when they differ by more than ESTIMATE_TOLERANCE. The estimate counts the model's weights
     + its working memory (vram_plan); the glyph encoder, which the DiT rows here do not load, is left out
     of the DiT estimate. The 8 GB card's AR (nf4, bitsandbytes) is not measured here."""
-    from glmimage_core.real_size import ar_config
+    from glmimage_core.demo.real_size import ar_config
     from glmimage_core.shapes import GridShape
 
     text = ar_config().text_config

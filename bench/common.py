@@ -1,6 +1,6 @@
 """What the benchmarks share: the machine, timing with peak VRAM, and models at GLM-Image's real sizes.
 
-Real-size models are built in place with random weights (glmimage_core.real_size):
+Real-size models are built in place with random weights (glmimage_core.demo.real_size):
 nothing is downloaded, and on a GPU they are built directly on it.
 """
 

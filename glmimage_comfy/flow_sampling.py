@@ -19,7 +19,7 @@ import torch
 
 import comfy.model_sampling
 
-from ..glmimage_core.dit_sampling import image_seq_len, shift_for
+from ..glmimage_core.dit.sampling import image_seq_len, shift_for
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.payloads import DiTModel
 

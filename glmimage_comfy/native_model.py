@@ -2,8 +2,8 @@
 
 - `GlmImageModel` is a `comfy.model_base.BaseModel` whose diffusion model is
   diffusers' `GlmImageTransformer2DModel` (with ComfyUI cast layers, see
-  glmimage_core.cast_layers) behind `GlmImageDiffusionModel`, a thin adapter from
-  ComfyUI's call convention to the pack's one DiT forward (glmimage_core.dit_forward).
+  glmimage_core.weights.cast_layers) behind `GlmImageDiffusionModel`, a thin adapter from
+  ComfyUI's call convention to the pack's one DiT forward (glmimage_core.dit.forward).
 - Sampling is flow matching (flow_sampling.py): `process_timestep` maps the noise
   level back to the timestep the DiT was trained on, so any ComfyUI sampler,
   scheduler and flow model-sampling node works, and others are refused by name.
@@ -30,8 +30,8 @@ import comfy.model_base
 import comfy.supported_models_base
 import comfy.utils
 
-from ..glmimage_core import vram_plan
-from ..glmimage_core.dit_forward import SourceKV, build_source_kv, velocity
+from ..glmimage_core.memory import vram_plan
+from ..glmimage_core.dit.forward import SourceKV, build_source_kv, velocity
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.payloads import DiTModel, LatentStats
 from .flow_sampling import dit_timestep_for, model_sampling_for
@@ -137,7 +137,7 @@ class GlyphCond(comfy.conds.CONDRegular):
 
 
 class GlmImageDiffusionModel(torch.nn.Module):
-    """ComfyUI's `diffusion_model(x, t, context=..., **conds)` -> glmimage_core.dit_forward.velocity.
+    """ComfyUI's `diffusion_model(x, t, context=..., **conds)` -> glmimage_core.dit.forward.velocity.
 
     Holds diffusers' DiT as `transformer` (so LoRA keys `transformer.*` map onto
     `diffusion_model.transformer.*`) and the source images' keys/values of the
@@ -227,7 +227,7 @@ class GlmImageModel(comfy.model_base.BaseModel):
         return out
 
     def memory_required(self, input_shape, cond_shapes={}):
-        """Activations of one forward over `input_shape[0]` rows (glmimage_core.vram_plan.dit_step_bytes)."""
+        """Activations of one forward over `input_shape[0]` rows (glmimage_core.memory.vram_plan.dit_step_bytes)."""
         rows, _, height, width = input_shape[:4]
         config = self.diffusion_model.transformer.config
         return vram_plan.dit_step_bytes(config, height, width, rows,

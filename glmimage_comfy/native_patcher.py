@@ -19,8 +19,9 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension
 
-from ..glmimage_core import decoder_loading, vram_plan
-from ..glmimage_core.comfy_memory import adopt, limit_resident, new_patcher, patcher_of
+from ..glmimage_core.dit import loading as decoder_loading
+from ..glmimage_core.memory import vram_plan
+from ..glmimage_core.memory.comfy_memory import adopt, limit_resident, new_patcher, patcher_of
 from ..glmimage_core.payloads import DiTModel
 from .flow_sampling import glm_shift
 from .native_model import GlmImageLatentFormat, GlmImageModel, GlmImageModelConfig

@@ -23,9 +23,9 @@ import torch
 import comfy.model_management
 import comfy.sd
 
-from ..glmimage_core import vram_plan
-from ..glmimage_core.comfy_memory import adopt, ensure_on_device, new_patcher
-from ..glmimage_core.decoder_loading import fresh_vae
+from ..glmimage_core.memory import vram_plan
+from ..glmimage_core.memory.comfy_memory import adopt, ensure_on_device, new_patcher
+from ..glmimage_core.dit.loading import fresh_vae
 from ..glmimage_core.payloads import VAEModel
 
 log = logging.getLogger("GLM-Image")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .errors import GlmImageInputError
-from .runtime import DEVICE_CHOICES
+from .memory.host import DEVICE_CHOICES
 from .shapes import GridShape
 
 
@@ -70,12 +70,12 @@ class _PrintProgress:
 
 def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShape | None, images: list,
             seed: int, dtype: str, device: str, decoder_path: str | None, steps: int, guidance: float) -> dict:
-    from .ar_loading import load_ar_model
-    from .token_grids import extract_prior
-    from .ar_generate import generate_tokens
-    from .ar_prompt import prepare_inputs
-    from .token_files import save_prior
-    from .token_preview import render_grid
+    from .ar.loading import load_ar_model
+    from .tokens.grids import extract_prior
+    from .ar.generation import generate_tokens
+    from .ar.chat_prompt import prepare_inputs
+    from .tokens.files import save_prior
+    from .tokens.grid_preview import render_grid
 
     ar = load_ar_model(ar_path, dtype=dtype, device=device)
     inputs = prepare_inputs(ar.processor, prompt, shape=shape, images=images)
@@ -93,8 +93,8 @@ def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShap
     print(f"[{name}] {tokens.sequences.shape[1]} tokens in {elapsed:.2f} s "
           f"({tokens.sequences.shape[1] / max(elapsed, 1e-9):.1f} tokens/s)")
     if decoder_path:
-        from .decoder_loading import load_decoder
-        from .dit_sampling import decode_prior
+        from .dit.loading import load_decoder
+        from .dit.sampling import decode_prior
 
         decoder = load_decoder(decoder_path, dtype=dtype, device=device)
         sources = [s.pixels for s in inputs.sources]
@@ -107,14 +107,14 @@ def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShap
 
 
 def _demo(args) -> int:
-    from .demo_models import build_tiny_ar_model
+    from .demo.models import build_tiny_ar_model
 
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="glmimage-demo-") as tmp:
         print("Building a tiny GLM-Image model with RANDOM weights (no download): the pipeline runs for "
               "real, the pictures are noise. Use --model for the real weights.")
         if args.decode:
-            from .demo_decoder import build_tiny_full_hub_layout
+            from .demo.decoder import build_tiny_full_hub_layout
 
             model = str(build_tiny_full_hub_layout(Path(tmp) / "tiny-glm-image"))
         else:
@@ -133,7 +133,7 @@ def _generate(args) -> int:
     model = args.model
     with tempfile.TemporaryDirectory(prefix="glmimage-demo-") as tmp:
         if not model:
-            from .demo_decoder import build_tiny_full_hub_layout
+            from .demo.decoder import build_tiny_full_hub_layout
 
             print("No --model: using a tiny GLM-Image model with RANDOM weights built on the spot (no "
                   "download); the output is noise.")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import vram_plan
+from .memory import vram_plan
 from .errors import GlmImageInputError
 from .images import SourceImage
 from .shapes import PIXELS_PER_TOKEN, GridShape

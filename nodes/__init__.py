@@ -5,16 +5,17 @@ from typing_extensions import override
 from .api import ComfyExtension, io
 
 from .conditioning import GLMImageConditioning, GLMImageScheduler
-from .decoder import GLMImageDecode, GLMImageDecoderLoader
+from .decode import GLMImageDecode
+from .decoder_loader import GLMImageDecoderLoader
 from .extract import GLMImageExtractTokens
 from .generate import GLMImageGenerateTokens
-from .loader import GLMImageARLoader
+from .ar_loader import GLMImageARLoader
 from .lora import GLMImageLoraLoader
 from .native_loaders import GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageVAELoader
 from .preview import GLMImagePreviewTokens
 from .prompt import GLMImagePrompt
 from .shape import GLMImageShape
-from .token_files import GLMImageLoadTokens, GLMImageSaveTokens
+from .token_io import GLMImageLoadTokens, GLMImageSaveTokens
 
 NODES: list[type[io.ComfyNode]] = [
     GLMImageARLoader,

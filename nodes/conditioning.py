@@ -1,8 +1,8 @@
 """GLM-Image tokens as conditioning for ComfyUI's samplers, and GLM-Image's schedule as SIGMAS."""
 
-from ..glmimage_core.decode_inputs import MAX_STEPS
-from ..glmimage_comfy.conditioning import build_conditioning
-from ..glmimage_comfy.decode_node import glm_sigmas
+from ..glmimage_core.dit.decoder_inputs import MAX_STEPS
+from ..glmimage_comfy.token_conditioning import build_conditioning
+from ..glmimage_comfy.decoder_sampling import glm_sigmas
 from .api import io
 from .inputs import source_images
 from .messages import show_message

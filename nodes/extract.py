@@ -1,6 +1,6 @@
 from .api import io
 
-from ..glmimage_core.token_grids import extract_prior
+from ..glmimage_core.tokens.grids import extract_prior
 from .sockets import CATEGORY, GlmImagePrior, GlmImageTokens
 
 

@@ -1,6 +1,6 @@
 from .api import ADVANCED, io
 
-from ..glmimage_core.ar_generate import MAX_IMAGES, SPEEDS, SamplingSettings, generate_tokens
+from ..glmimage_core.ar.generation import MAX_IMAGES, SPEEDS, SamplingSettings, generate_tokens
 from .messages import show_message
 from .sockets import CATEGORY, GlmImageAR, GlmImageInputs, GlmImageTokens
 

@@ -1,11 +1,11 @@
 """Inputs and helpers that several GLM-Image nodes share: one definition each, so the loaders agree on names,
 choices, defaults and tooltips (and a saved workflow's widget values land on the same inputs everywhere)."""
 
-from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
+from ..glmimage_core.weights.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
-from ..glmimage_core.model_folders import list_model_folders
-from ..glmimage_core.runtime import DEVICE_CHOICES
+from ..glmimage_core.weights.model_folders import list_model_folders
+from ..glmimage_core.memory.host import DEVICE_CHOICES
 from .api import ADVANCED, io
 
 NO_MODELS = "(no models in models/glm_image)"

@@ -1,8 +1,8 @@
 """GLM-Image's DiT, VAE and glyph encoder as native ComfyUI models: MODEL (KSampler, LoRA loaders, model patches),
 VAE (stock VAE Decode / Encode / Decode (Tiled)) and the glyph encoder for 'GLM-Image conditioning'."""
 
-from ..glmimage_core import decoder_loading
-from ..glmimage_comfy.decode_node import describe_dit
+from ..glmimage_core.dit import loading as decoder_loading
+from ..glmimage_comfy.decoder_sampling import describe_dit
 from ..glmimage_comfy.native_patcher import native_model, with_vram_limit
 from ..glmimage_comfy.vae import comfy_vae, preview_factors
 from .api import io

@@ -1,7 +1,7 @@
 from .api import io
 
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.token_preview import model_palette, render_grid
+from ..glmimage_core.tokens.grid_preview import model_palette, render_grid
 from .sockets import CATEGORY, GlmImageAR, GlmImagePrior
 
 

@@ -1,7 +1,7 @@
 from .api import io
 
 from ..glmimage_core.images import split_batch
-from ..glmimage_core.ar_prompt import prepare_inputs
+from ..glmimage_core.ar.chat_prompt import prepare_inputs
 from .sockets import CATEGORY, GlmImageAR, GlmImageInputs, GlmImageShape
 
 

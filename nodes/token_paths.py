@@ -2,8 +2,8 @@
 dropdown's choices, the linked 'file' winning over it, and every error naming the input it came from."""
 
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.token_files import read_token_metadata
-from ..glmimage_core.token_folders import OUTPUT_SUBFOLDER, list_token_files, resolve_token_path
+from ..glmimage_core.tokens.files import read_token_metadata
+from ..glmimage_core.tokens.folders import OUTPUT_SUBFOLDER, list_token_files, resolve_token_path
 
 NO_TOKEN_FILES = "(no token files yet)"
 TOKEN_FILE_TOOLTIP = (f"A token file: those directly in ComfyUI's input/ folder, and those under "

@@ -71,7 +71,7 @@ def example_picture(path: Path) -> None:
 
 
 def start_server(base: Path):
-    from glmimage_core.demo_decoder import build_tiny_full_hub_layout
+    from glmimage_core.demo.decoder import build_tiny_full_hub_layout
     from tests.comfy_harness import ComfyServer
 
     server = ComfyServer(base)

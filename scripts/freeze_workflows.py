@@ -65,7 +65,7 @@ def pack_tree(commit: str | None, scratch: Path) -> Path:
 
 
 def start_server(base: Path, pack: Path):
-    from glmimage_core.demo_decoder import build_tiny_full_hub_layout
+    from glmimage_core.demo.decoder import build_tiny_full_hub_layout
     from PIL import Image
     from tests.comfy_harness import PACK_NAME, ComfyServer
 

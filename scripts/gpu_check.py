@@ -49,7 +49,7 @@ DRY_BUDGETS = {"install": 120, "cuda-tests": 900, "server-workflows": 900, "benc
 PART_NAMES = list(BUDGETS)
 #: Modules the install part imports, and the versions that must win (the bundle over the image).
 MUST_IMPORT = ["torch", "transformers", "diffusers", "safetensors", "av", "comfy_aimdo", "comfy_kitchen",
-               "torchsde", "sqlalchemy", "pydantic", "pydantic_core", "glmimage_core", "glmimage_core.demo_decoder"]
+               "torchsde", "sqlalchemy", "pydantic", "pydantic_core", "glmimage_core", "glmimage_core.demo.decoder"]
 LOG_TAIL = 12000  # characters of each part's output kept in logs.txt
 NOT_ASKED = "not asked for (--parts)"
 

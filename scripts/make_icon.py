@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from glmimage_core.shapes import GridShape  # noqa: E402
-from glmimage_core.token_preview import LiveGridPreview, codebook_palette  # noqa: E402
+from glmimage_core.tokens.grid_preview import LiveGridPreview, codebook_palette  # noqa: E402
 
 SIDE = 16          # the synthetic codebook is SIDE x SIDE entries on a 2-D sheet
 GRID = 16          # the icon's token grid: GRID x GRID tokens

@@ -190,7 +190,7 @@ class ComfyServer:
 
     def add_model(self, name: str, source: Path | str | Callable[[Path], object]) -> Path:
         """Places a model folder at models/glm_image/<name>: a callable is called with that path
-        (e.g. glmimage_core.demo_models.build_tiny_ar_model); a folder is symlinked there."""
+        (e.g. glmimage_core.demo.models.build_tiny_ar_model); a folder is symlinked there."""
         target = self.model_path(name)
         if callable(source):
             source(target)

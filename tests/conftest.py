@@ -58,21 +58,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_ar_dir(tmp_path_factory) -> Path:
-    from glmimage_core.demo_models import build_tiny_ar_model
+    from glmimage_core.demo.models import build_tiny_ar_model
 
     return build_tiny_ar_model(tmp_path_factory.mktemp("models") / "tiny-ar")
 
 
 @pytest.fixture(scope="session")
 def tiny_hub_dir(tmp_path_factory) -> Path:
-    from glmimage_core.demo_models import build_tiny_hub_layout
+    from glmimage_core.demo.models import build_tiny_hub_layout
 
     return build_tiny_hub_layout(tmp_path_factory.mktemp("models") / "tiny-hub")
 
 
 @pytest.fixture(scope="session")
 def ar(tiny_ar_dir):
-    from glmimage_core.ar_loading import load_ar_model
+    from glmimage_core.ar.loading import load_ar_model
 
     return load_ar_model(str(tiny_ar_dir), dtype="fp32", device="cpu")
 

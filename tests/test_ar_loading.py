@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from glmimage_core import ar_loading
+from glmimage_core.ar import loading as ar_loading
 from glmimage_core.errors import GlmImageInputError
 
 

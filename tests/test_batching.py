@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.token_grids import extract_prior
-from glmimage_core.ar_generate import SamplingSettings, generate_tokens
-from glmimage_core.ar_prompt import prepare_inputs
+from glmimage_core.tokens.grids import extract_prior
+from glmimage_core.ar.generation import SamplingSettings, generate_tokens
+from glmimage_core.ar.chat_prompt import prepare_inputs
 from glmimage_core.shapes import GridShape
 
 

@@ -8,7 +8,7 @@ def test_models_glm_image_is_registered_with_folder_paths(comfy_pack, tmp_path):
 
     import folder_paths
 
-    from glmimage_core.model_folders import list_model_folders, register_comfy_folder
+    from glmimage_core.weights.model_folders import list_model_folders, register_comfy_folder
 
     register_comfy_folder()
     expected = os.path.join(folder_paths.models_dir, "glm_image")

@@ -20,7 +20,7 @@ import threading
 import pytest
 import torch
 
-from glmimage_core.demo_decoder import random_lora
+from glmimage_core.demo.decoder import random_lora
 from tests.cuda_marks import CUDA_ONLY, DEVICE
 
 pytestmark = CUDA_ONLY
@@ -43,20 +43,20 @@ def pk(comfy_pack):
 
 @pytest.fixture(scope="module")
 def root(pk, tmp_path_factory):
-    return pk("glmimage_core.demo_decoder").build_tiny_full_hub_layout(tmp_path_factory.mktemp("cuda") / "glm")
+    return pk("glmimage_core.demo.decoder").build_tiny_full_hub_layout(tmp_path_factory.mktemp("cuda") / "glm")
 
 
 def load_ar(pk, root, dtype="fp32", **kw):
-    return pk("glmimage_core.ar_loading").load_ar_model(str(root), dtype=dtype, device="gpu", **kw)
+    return pk("glmimage_core.ar.loading").load_ar_model(str(root), dtype=dtype, device="gpu", **kw)
 
 
 def load_dec(pk, root, dtype="fp32", **kw):
-    return pk("glmimage_core.decoder_loading").load_decoder(str(root), dtype=dtype, device="gpu", **kw)
+    return pk("glmimage_core.dit.loading").load_decoder(str(root), dtype=dtype, device="gpu", **kw)
 
 
 def tokens(pk, ar, prompt="a red fox <sop>4 5<eop>", seed=11, images=None, **kw):
-    inputs = pk("glmimage_core.ar_prompt").prepare_inputs(ar.processor, prompt, images=images)
-    return pk("glmimage_core.ar_generate").generate_tokens(ar, inputs, seed=seed, **kw)
+    inputs = pk("glmimage_core.ar.chat_prompt").prepare_inputs(ar.processor, prompt, images=images)
+    return pk("glmimage_core.ar.generation").generate_tokens(ar, inputs, seed=seed, **kw)
 
 
 def in_codebook(ar, sequences: torch.Tensor, prompt_len: int) -> bool:
@@ -86,7 +86,7 @@ def test_ar_runs_on_the_gpu_with_its_embedding_table_in_ram(pk, root, dtype):
     """test_vram.py's cast-layer/HostEmbedding test, on the GPU: the text embedding table stays in RAM and
     feeds a model whose layers are on the GPU; same seed, same tokens; the tokens are image tokens."""
     ar = load_ar(pk, root, dtype)
-    HostEmbedding = pk("glmimage_core.cast_layers").HostEmbedding
+    HostEmbedding = pk("glmimage_core.weights.cast_layers").HostEmbedding
     embed = ar.model.model.language_model.embed_tokens
     assert isinstance(embed, HostEmbedding)
     assert all(p.device.type == "cpu" for p in embed.parameters()) or not list(embed.parameters())
@@ -101,7 +101,7 @@ def test_ar_runs_on_the_gpu_with_its_embedding_table_in_ram(pk, root, dtype):
 def test_fp8_ar_stores_fp8_on_the_gpu_and_comfyui_counts_its_bytes(pk, root):
     """test_vram.py's accounting test with weight_dtype fp8_e4m3fn, on the GPU (ComfyUI's cast layers
     upcast per layer; this is the path a 16 GB card runs)."""
-    memory, vram_plan = pk("glmimage_core.comfy_memory"), pk("glmimage_core.vram_plan")
+    memory, vram_plan = pk("glmimage_core.memory.comfy_memory"), pk("glmimage_core.memory.vram_plan")
     ar = load_ar(pk, root, "bf16", weight_dtype="fp8_e4m3fn")
     result = tokens(pk, ar)
     patcher = memory.patcher_of(ar)
@@ -152,8 +152,8 @@ def test_compiled_gives_the_standard_tokens_in_fp32(pk, root):
 def test_batch_of_4_equals_four_single_runs(pk, root):
     """test_batching.py on the GPU: picture i of a batch is what a single run with seed + i gives."""
     ar = load_ar(pk, root)
-    inputs = pk("glmimage_core.ar_prompt").prepare_inputs(ar.processor, "a red fox <sop>4 5<eop>")
-    generate = pk("glmimage_core.ar_generate").generate_tokens
+    inputs = pk("glmimage_core.ar.chat_prompt").prepare_inputs(ar.processor, "a red fox <sop>4 5<eop>")
+    generate = pk("glmimage_core.ar.generation").generate_tokens
     batch = generate(ar, inputs, seed=5, images=4)
     for i in (0, 3):
         single = generate(ar, inputs, seed=5 + i)
@@ -164,7 +164,7 @@ def test_batch_of_4_equals_four_single_runs(pk, root):
 def test_partial_load_on_the_gpu_gives_the_tokens_of_a_full_load(pk, root):
     """test_vram.py's partial-load test on the GPU: a budget a quarter of the model; ComfyUI streams the
     rest from RAM per forward (real host-to-device copies here), same tokens, t2i and i2i."""
-    memory = pk("glmimage_core.comfy_memory")
+    memory = pk("glmimage_core.memory.comfy_memory")
     ar = load_ar(pk, root)
     full = tokens(pk, ar)
     patcher = memory.patcher_of(ar)
@@ -201,7 +201,7 @@ def test_decode_on_the_gpu_matches_diffusers(pk, root, bundle):
     pipe = GlmImagePipeline.from_pretrained(root, torch_dtype=torch.float32, local_files_only=True).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     prior = t2i_prior(pk)
-    ours = pk("glmimage_core.dit_sampling").decode_prior(bundle, prior, steps=3, guidance=1.5, seed=7)
+    ours = pk("glmimage_core.dit.sampling").decode_prior(bundle, prior, steps=3, guidance=1.5, seed=7)
     ref = pipe(prompt=prior.prompt, height=prior.height, width=prior.width, prior_token_ids=prior.d16().to(DEVICE),
                num_inference_steps=3, guidance_scale=1.5, generator=torch.Generator().manual_seed(7),
                output_type="pt").images.permute(0, 2, 3, 1).cpu()
@@ -213,7 +213,7 @@ def test_decode_on_the_gpu_matches_diffusers(pk, root, bundle):
 def test_decoder_in_each_storage_dtype_renders_finite_pixels(pk, root, dtype, weight_dtype):
     """test_decoding.py's bf16 test, per storage dtype on the GPU (fp8: ComfyUI's cast layers)."""
     dec = load_dec(pk, root, dtype, weight_dtype=weight_dtype)
-    image = pk("glmimage_core.dit_sampling").decode_prior(dec, t2i_prior(pk), steps=3, guidance=1.5, seed=1)
+    image = pk("glmimage_core.dit.sampling").decode_prior(dec, t2i_prior(pk), steps=3, guidance=1.5, seed=1)
     assert image.shape == (1, 128, 96, 3) and torch.isfinite(image).all()
     assert 0 <= float(image.min()) and float(image.max()) <= 1 and float(image.std()) > 0.01
     if weight_dtype != "default":
@@ -223,7 +223,7 @@ def test_decoder_in_each_storage_dtype_renders_finite_pixels(pk, root, dtype, we
 @pytest.mark.parametrize("mode", ["t2i", "i2i"])
 def test_batched_guidance_gives_the_sequential_pixels(pk, bundle, mode):
     """test_native.py's batched-guidance test on the GPU (tolerance 1e-4: GEMMs of another batch size)."""
-    decoding = pk("glmimage_core.dit_sampling")
+    decoding = pk("glmimage_core.dit.sampling")
     prior = t2i_prior(pk, batch=2)
     sources = None
     if mode == "i2i":
@@ -261,7 +261,7 @@ def test_lora_through_comfyuis_loader_on_the_gpu_equals_the_weights_merged_by_ha
     def run(m):
         import comfy.sample
 
-        cond = pk("glmimage_comfy.conditioning").build_conditioning(m, bundle.glyph, prior, None, vae, None)
+        cond = pk("glmimage_comfy.token_conditioning").build_conditioning(m, bundle.glyph, prior, None, vae, None)
         latent = cond.latent["samples"]
         noise = comfy.sample.prepare_noise(latent, 2)
         samples = comfy.sample.sample(cond.model, noise, 6, 1.5, "euler", "simple", cond.positive, cond.negative,
@@ -275,7 +275,7 @@ def test_lora_through_comfyuis_loader_on_the_gpu_equals_the_weights_merged_by_ha
 
 def test_streamed_dit_on_the_gpu_gives_the_pixels_of_a_full_load(pk, bundle, native):
     """test_native.py's streamed-DiT test on the GPU: a budget a fifth of the DiT, real copies per layer."""
-    sampling = pk("glmimage_comfy.decode_node")
+    sampling = pk("glmimage_comfy.decoder_sampling")
     model, _ = native
     prior = t2i_prior(pk, seed=4)
     full = sampling.decode_with_comfy(bundle, prior, None, 4, 1.5, 3)
@@ -290,7 +290,7 @@ def test_tiled_vae_decode_on_the_gpu(pk, bundle, native):
     """test_native.py's VAE test on the GPU: one tile = the untiled picture; several tiles run."""
     _, vae = native
     latents = torch.randn(1, 16, 24, 20, generator=torch.Generator().manual_seed(4))
-    decoding = pk("glmimage_core.dit_sampling")
+    decoding = pk("glmimage_core.dit.sampling")
     core = decoding.decode_latents(bundle.vae_model, latents, tiled=False)
     tiled = decoding.decode_latents(bundle.vae_model, latents, tiled=True)
     assert tiled.shape == core.shape and torch.isfinite(tiled).all()

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from glmimage_core import runtime
-from glmimage_core.decoder_loading import cached_decoders, clear_decoder_cache, load_decoder
-from glmimage_core.dit_sampling import decode_prior, get_glyph_texts
-from glmimage_core.demo_decoder import build_tiny_decoder, build_tiny_full_hub_layout
-from glmimage_core.demo_models import TINY_CODEBOOK
+from glmimage_core.memory import host as runtime
+from glmimage_core.dit.loading import cached_decoders, clear_decoder_cache, load_decoder
+from glmimage_core.dit.sampling import decode_prior, get_glyph_texts
+from glmimage_core.demo.decoder import build_tiny_decoder, build_tiny_full_hub_layout
+from glmimage_core.demo.models import TINY_CODEBOOK
 from glmimage_core.errors import GlmImageInputError
 from glmimage_core.payloads import PriorTokens
 

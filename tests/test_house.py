@@ -12,7 +12,8 @@ MAX_MODULE_LINES = 400  # engine and native-model modules
 
 
 def line_counts(folder: str) -> dict[str, int]:
-    return {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in (REPO / folder).glob("*.py")}
+    return {str(path.relative_to(REPO / folder)): len(path.read_text(encoding="utf-8").splitlines())
+            for path in (REPO / folder).rglob("*.py")}
 
 
 def test_node_files_stay_thin_and_modules_small():
@@ -31,9 +32,10 @@ def test_socket_payloads_come_from_one_module():
 
 
 def test_one_safetensors_header_reader_and_one_pixels_per_token():
-    core = {path.name: path.read_text(encoding="utf-8") for path in (REPO / "glmimage_core").glob("*.py")}
+    core = {str(path.relative_to(REPO / "glmimage_core")): path.read_text(encoding="utf-8")
+            for path in (REPO / "glmimage_core").rglob("*.py")}
     readers = [name for name, text in core.items() if 'struct.unpack("<Q"' in text or "int.from_bytes(f.read(" in text]
-    assert readers == ["weight_files.py"], readers
+    assert readers == ["weights/files.py"], readers
     defined = [name for name, text in core.items() if re.search(r"^PIXELS_PER_TOKEN\s*=", text, re.M)]
     assert len(defined) == 1, defined
 
@@ -42,6 +44,6 @@ def test_weight_dtype_is_turned_into_a_dtype_in_one_place():
     """The loaders turn `weight_dtype` into a storage dtype (with its checks) through cast_layers.weight_dtype_in
     only: no module parses or checks it on its own."""
     users = [str(path.relative_to(REPO)) for folder in ("glmimage_core", "glmimage_comfy", "nodes")
-             for path in (REPO / folder).glob("*.py")
+             for path in (REPO / folder).rglob("*.py")
              if "resolve_weight_dtype(" in path.read_text(encoding="utf-8") and path.name != "cast_layers.py"]
     assert not users, users

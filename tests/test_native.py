@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from glmimage_core.demo_decoder import random_lora
+from glmimage_core.demo.decoder import random_lora
 
 TOL = 1e-4
 PROMPT = 'A shop sign that says "OPEN" and \u201ctiny\u201d in red'
@@ -39,12 +39,12 @@ def pk(comfy_pack):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, pk):
-    return pk("glmimage_core.demo_decoder").build_tiny_full_hub_layout(tmp_path_factory.mktemp("native") / "glm")
+    return pk("glmimage_core.demo.decoder").build_tiny_full_hub_layout(tmp_path_factory.mktemp("native") / "glm")
 
 
 @pytest.fixture(scope="module")
 def bundle(pk, root):
-    return pk("glmimage_core.decoder_loading").load_decoder(str(root), dtype="fp32", device="cpu")
+    return pk("glmimage_core.dit.loading").load_decoder(str(root), dtype="fp32", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def picture(h, w, seed=3):
 def ksampler(pk, model, vae, glyph, prior, steps, cfg, seed, sampler="euler", scheduler="simple", sources=None):
     import comfy.sample
 
-    cond = pk("glmimage_comfy.conditioning").build_conditioning(model, glyph, prior, None, vae, sources)
+    cond = pk("glmimage_comfy.token_conditioning").build_conditioning(model, glyph, prior, None, vae, sources)
     latent = cond.latent["samples"]
     noise = comfy.sample.prepare_noise(latent, seed)
     samples = comfy.sample.sample(cond.model, noise, steps, cfg, sampler, scheduler, cond.positive, cond.negative,
@@ -160,12 +160,12 @@ def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, 
 
     model, vae = native
     prior = t2i_prior(pk, batch=1, seed=6)
-    cond = pk("glmimage_comfy.conditioning").build_conditioning(model, bundle.glyph, prior)
+    cond = pk("glmimage_comfy.token_conditioning").build_conditioning(model, bundle.glyph, prior)
     raw = vae.encode(picture(prior.height, prior.width, seed=11)[None])
     assert raw.shape == cond.latent["samples"].shape
     noise = comfy.sample.prepare_noise(raw, 5)
     start = 25
-    sigmas = pk("glmimage_comfy.decode_node").glm_sigmas(cond.model, 50)[start:]
+    sigmas = pk("glmimage_comfy.decoder_sampling").glm_sigmas(cond.model, 50)[start:]
     samples = comfy.sample.sample_custom(cond.model, noise, 1.5, comfy.samplers.sampler_object("euler"), sigmas,
                                          cond.positive, cond.negative, raw, disable_pbar=True, seed=5)
     ours = vae.decode(samples)
@@ -173,7 +173,7 @@ def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, 
     mean, std = diffusers_latent_stats(pipe)
     sigma = float(sigmas[0])
     noisy = sigma * noise + (1 - sigma) * (raw - mean) / std
-    timesteps = pk("glmimage_core.dit_sampling").glm_timesteps(50)[start:]
+    timesteps = pk("glmimage_core.dit.sampling").glm_timesteps(50)[start:]
     ref = diffusers_reference(pipe, prior, len(timesteps), 1.5, seed=5, latents=noisy,
                               timesteps=list(timesteps), sigmas=list(timesteps / 1000))
     assert (ours - ref).abs().max() < TOL
@@ -187,9 +187,9 @@ def test_sampling_from_an_encoded_picture_at_half_denoise_matches_diffusers(pk, 
 def test_decode_node_path_equals_ksampler_and_the_core_loop(pk, bundle, native):
     model, vae = native
     prior = t2i_prior(pk, seed=5)
-    node = pk("glmimage_comfy.decode_node").decode_with_comfy(bundle, prior, None, 50, 1.5, 3)
+    node = pk("glmimage_comfy.decoder_sampling").decode_with_comfy(bundle, prior, None, 50, 1.5, 3)
     assert torch.equal(node, ksampler(pk, model, vae, bundle.glyph, prior, 50, 1.5, seed=3))
-    core = pk("glmimage_core.dit_sampling").decode_prior(bundle, prior, steps=50, guidance=1.5, seed=3)
+    core = pk("glmimage_core.dit.sampling").decode_prior(bundle, prior, steps=50, guidance=1.5, seed=3)
     assert (node - core).abs().max() < TOL
 
 
@@ -197,14 +197,14 @@ def test_glm_schedule_is_ksamplers_simple_at_50_steps_and_diffusers_at_any(pk, n
     import comfy.samplers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    sampling_mod = pk("glmimage_comfy.decode_node")
+    sampling_mod = pk("glmimage_comfy.decoder_sampling")
     model = pk("glmimage_comfy.flow_sampling").with_shift_for(native[0], 1024, 1024)
     sampling = model.get_model_object("model_sampling")
     assert abs(float(sampling.shift) - 3.25) < 1e-6  # mu at 1024x1024: sqrt(4096 / 256) * 0.75 + 0.25
     simple = comfy.samplers.calculate_sigmas(sampling, "simple", 50)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 50), simple.float(), atol=1e-6, rtol=0)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
-    timesteps = pk("glmimage_core.dit_sampling").glm_timesteps(30)
+    timesteps = pk("glmimage_core.dit.sampling").glm_timesteps(30)
     scheduler.set_timesteps(timesteps=timesteps, sigmas=timesteps / 1000, mu=3.25)
     torch.testing.assert_close(sampling_mod.glm_sigmas(model, 30), scheduler.sigmas.float(), atol=1e-6, rtol=0)
     # the DiT sees the unshifted timestep minus one, whatever sigma ComfyUI hands over
@@ -233,7 +233,7 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
     latent = torch.zeros(1, 4, 16, 12)  # 96x128 px
     mu = nm.latent_shift(bundle.dit, latent)
     assert abs(mu - ((48 / 256) ** 0.5 * 0.75 + 0.25)) < 1e-9  # 6x8 DiT patches
-    timesteps = torch.from_numpy(pk("glmimage_core.dit_sampling").glm_timesteps(8))
+    timesteps = torch.from_numpy(pk("glmimage_core.dit.sampling").glm_timesteps(8))
     sigmas = mu * (timesteps / 1000) / (1 + (mu - 1) * (timesteps / 1000))  # GLM's shifted sigmas
     patched = {
         "ModelSamplingSD3": advanced.ModelSamplingSD3().patch(model, shift=mu)[0],
@@ -241,13 +241,13 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
         "ModelSamplingAuraFlow": advanced.ModelSamplingAuraFlow().patch_aura(model, shift=mu)[0],
         "ModelSamplingFlux": advanced.ModelSamplingFlux().patch(model, **flux_inputs_for(mu))[0],
     }
-    reference = pk("glmimage_comfy.decode_node").glm_sigmas(nm.with_shift_for(model, 128, 96), 8)
+    reference = pk("glmimage_comfy.decoder_sampling").glm_sigmas(nm.with_shift_for(model, 128, 96), 8)
     for name, patcher in patched.items():
         sampling = patcher.get_model_object("model_sampling")
         seen = nm.dit_timestep_for(sampling, sampling.timestep(sigmas).float(), latent, bundle.dit)
         torch.testing.assert_close(seen, timesteps - 1, atol=2e-3, rtol=0, msg=name)
         if name != "ModelSamplingSD3 shift 3":  # the same shift: the same schedule as the pack's own
-            got = pk("glmimage_comfy.decode_node").glm_sigmas(patcher, 8)
+            got = pk("glmimage_comfy.decoder_sampling").glm_sigmas(patcher, 8)
             torch.testing.assert_close(got, reference, atol=1e-5, rtol=0, msg=name)
     # eps / v-prediction model sampling is refused by its node's name, at sampling time and at the scheduler
     discrete = advanced.ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
@@ -255,7 +255,7 @@ def test_stock_model_sampling_nodes_change_the_schedule_not_what_the_dit_is_told
     with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: GLM-Image is a flow-matching"):
         nm.dit_timestep_for(sampling, torch.tensor([500.0]), latent, bundle.dit)
     with pytest.raises(errors.GlmImageInputError, match="ModelSamplingDiscrete: .* use ModelSamplingSD3"):
-        pk("glmimage_comfy.decode_node").glm_sigmas(discrete, 8)
+        pk("glmimage_comfy.decoder_sampling").glm_sigmas(discrete, 8)
 
 
 def test_conditioning_keeps_a_users_model_sampling_and_replaces_only_its_own(pk, bundle, native):
@@ -263,7 +263,7 @@ def test_conditioning_keeps_a_users_model_sampling_and_replaces_only_its_own(pk,
     own default (and a previous conditioning node's) gets the size's shift; non-flow sampling is refused."""
     from comfy_extras import nodes_model_advanced as advanced
 
-    cond_mod, nm = pk("glmimage_comfy.conditioning"), pk("glmimage_comfy.flow_sampling")
+    cond_mod, nm = pk("glmimage_comfy.token_conditioning"), pk("glmimage_comfy.flow_sampling")
     errors = pk("glmimage_core.errors")
     model = native[0]
     prior = t2i_prior(pk, batch=1)  # 96x128 px
@@ -408,7 +408,7 @@ def test_lora_alpha_pattern_and_rslora_follow_peft(pk, bundle, native, loras_fol
 
 
 def test_streamed_dit_gives_the_pixels_of_a_full_load(pk, bundle, native):
-    sampling = pk("glmimage_comfy.decode_node")
+    sampling = pk("glmimage_comfy.decoder_sampling")
     model, _ = native
     prior = i2i_prior(pk, batch=1)
     source = [picture(64, 96)]
@@ -433,7 +433,7 @@ def test_two_loaders_of_one_dit_each_sample_with_their_own_vram_limit(pk, root, 
     limited = nodes.GLMImageDiTLoader.execute(vram_limit_gb=budget_gb, **common)[0]
     unlimited = nodes.GLMImageDiTLoader.execute(vram_limit_gb=0.0, **common)[0]  # ran last: won before the fix
     assert limited.model is unlimited.model  # one DiT in memory
-    cond_mod = pk("glmimage_comfy.conditioning")
+    cond_mod = pk("glmimage_comfy.token_conditioning")
     prior = t2i_prior(pk, batch=1, seed=5)
 
     def resident_while_sampling(model) -> int:
@@ -492,7 +492,7 @@ def test_deep_clones_of_the_model_hold_their_own_weights_and_sample_the_same_pic
         assert clone.model.dit.transformer is not bundle.transformer
         assert not storages(clone.model) & storages(model.model)
         assert torch.equal(ksampler(pk, clone, vae, bundle.glyph, prior, 6, 1.5, seed=3), picture_of)
-    assert pk("glmimage_core.comfy_memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
+    assert pk("glmimage_core.memory.comfy_memory").patcher_of(bundle.dit) is model  # the cached DiT keeps its one patcher
 
 
 def test_deep_clones_of_the_vae_hold_their_own_weights_and_decode_the_same_picture(pk, bundle, native):
@@ -517,7 +517,7 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
     ComfyUI asks for a non-dynamic copy."""
     import comfy.model_patcher as mp
 
-    decoder_loading, memory = pk("glmimage_core.decoder_loading"), pk("glmimage_core.comfy_memory")
+    decoder_loading, memory = pk("glmimage_core.dit.loading"), pk("glmimage_core.memory.comfy_memory")
     model, vae = native
     as_found = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # without main.py's switch
     assert type(model) is as_found and type(vae.patcher) is as_found
@@ -526,7 +526,7 @@ def test_models_use_comfyuis_core_patcher_class_as_set_at_run_time(pk, native, t
         pass
 
     monkeypatch.setattr(mp, "CoreModelPatcher", CorePatcher, raising=False)
-    root = pk("glmimage_core.demo_decoder").build_tiny_decoder(tmp_path / "glm")
+    root = pk("glmimage_core.demo.decoder").build_tiny_decoder(tmp_path / "glm")
     dit = decoder_loading.load_dit(str(root), dtype="fp32", device="cpu")  # what 'Load GLM-Image DiT' calls
     assert type(pk("glmimage_comfy.native_patcher").native_model(dit)) is CorePatcher
     new_vae = pk("glmimage_comfy.vae").comfy_vae(decoder_loading.load_vae(str(root), dtype="fp32", device="cpu"))
@@ -551,7 +551,7 @@ def test_vram_checks_ask_the_patcher_what_comfyui_can_free(pk):
     model_management.get_free_memory leaves out: the pack's checks ask the patcher where it has the method."""
     import comfy.model_patcher as mp
 
-    runtime = pk("glmimage_core.runtime")
+    runtime = pk("glmimage_core.memory.host")
     asked = []
 
     class Patcher(mp.ModelPatcher):
@@ -572,7 +572,7 @@ def test_comfy_vae_decodes_and_encodes_like_diffusers_and_tiles_with_comfyuis_ti
     _, vae = native
     g = torch.Generator().manual_seed(4)
     latents = torch.randn(1, 16, 24, 20, generator=g)  # model space, 192x160 px
-    core = pk("glmimage_core.dit_sampling").decode_latents(bundle.vae_model, latents, tiled=False)
+    core = pk("glmimage_core.dit.sampling").decode_latents(bundle.vae_model, latents, tiled=False)
     raw = bundle.dit.latent_stats.denormalise(latents)
     assert torch.equal(vae.decode(raw), core)
     # ComfyUI's tiler (what 'VAE Decode (Tiled)' runs) over our VAE: a picture within one tile is the untiled
@@ -638,7 +638,7 @@ def test_bad_inputs_name_what_is_wrong(pk, bundle, native):
     import comfy.sample
 
     errors = pk("glmimage_core.errors")
-    cond_mod = pk("glmimage_comfy.conditioning")
+    cond_mod = pk("glmimage_comfy.token_conditioning")
     model, vae = native
     with pytest.raises(errors.GlmImageInputError, match="codebook of 32 ids but the decoder .* knows 64"):
         cond_mod.build_conditioning(model, bundle.glyph, t2i_prior(pk, codebook=32))
@@ -668,7 +668,7 @@ def test_batched_guidance_gives_the_sequential_pixels(pk, bundle, mode):
     """Both branches in one forward vs one forward each, fp32 on the CPU: the same pixels up to the float
     rounding of batched matrix products (stated tolerance 1e-5; bitwise equality cannot hold for a GEMM
     whose batch size changes)."""
-    decoding = pk("glmimage_core.dit_sampling")
+    decoding = pk("glmimage_core.dit.sampling")
     prior = t2i_prior(pk) if mode == "t2i" else i2i_prior(pk)
     sources = [picture(64, 96)] if mode == "i2i" else None
     batched = decoding.decode_prior(bundle, prior, steps=6, guidance=1.5, seed=2, source_images=sources,

@@ -94,12 +94,12 @@ def test_shape_node_modes_and_errors(nodes):
 def test_loader_without_models_says_where_to_put_them(nodes):
     loader = _schemas(nodes)["GLMImageARLoader"]
     with pytest.raises(ValueError, match="models/glm_image"):
-        loader.execute(model=nodes.loader.NO_MODELS, dtype="auto", device="auto", attention="sdpa", quantization="none")
+        loader.execute(model=nodes.ar_loader.NO_MODELS, dtype="auto", device="auto", attention="sdpa", quantization="none")
 
 
 @pytest.fixture(scope="module")
 def full_model(tmp_path_factory, monkeypatch_module):
-    from glmimage_core.demo_decoder import build_tiny_full_hub_layout
+    from glmimage_core.demo.decoder import build_tiny_full_hub_layout
 
     root = tmp_path_factory.mktemp("full")
     build_tiny_full_hub_layout(root / "GLM-Image")
@@ -132,7 +132,7 @@ def test_decode_preview_and_token_roundtrip_through_the_nodes(nodes, full_model,
     folder_paths.set_output_directory(str(tmp_path / "output"))
     folder_paths.set_input_directory(str(tmp_path / "input"))
     load = n["GLMImageLoadTokens"]
-    assert load.define_schema().inputs[0].options == [nodes.token_files.NO_TOKEN_FILES]
+    assert load.define_schema().inputs[0].options == [nodes.token_io.NO_TOKEN_FILES]
     saved = n["GLMImageSaveTokens"].execute(prior=prior, filename_prefix="glm_image/tokens")
     file = saved[0]
     assert file == "glm_image/tokens_00001_.safetensors [output]"
@@ -141,7 +141,7 @@ def test_decode_preview_and_token_roundtrip_through_the_nodes(nodes, full_model,
     assert torch.equal(loaded.grids, prior.grids) and loaded.prompt == prior.prompt
     again = n["GLMImageDecode"].execute(decoder=decoder, prior=loaded, prompt="", steps=3, guidance=1.5, seed=0)[0]
     assert torch.equal(again, image)  # re-decoding saved tokens gives the same picture
-    linked = load.execute(token_file=nodes.token_files.NO_TOKEN_FILES, file=file)[0]  # the link wins
+    linked = load.execute(token_file=nodes.token_io.NO_TOKEN_FILES, file=file)[0]  # the link wins
     assert torch.equal(linked.grids, prior.grids)
     first = load.fingerprint_inputs(token_file=file)
     assert load.fingerprint_inputs(token_file=file) == first
@@ -159,8 +159,8 @@ def test_load_tokens_checks_names_and_takes_linked_inputs(nodes, tmp_path):
     folder_paths.set_input_directory(str(tmp_path / "input"))
     load = _schemas(nodes)["GLMImageLoadTokens"]
     with pytest.raises(ValueError, match="token_file: there are no token files"):
-        load.execute(token_file=nodes.token_files.NO_TOKEN_FILES)
-    assert "token_file: there are no token files" in load.validate_inputs(token_file=nodes.token_files.NO_TOKEN_FILES)
+        load.execute(token_file=nodes.token_io.NO_TOKEN_FILES)
+    assert "token_file: there are no token files" in load.validate_inputs(token_file=nodes.token_io.NO_TOKEN_FILES)
     assert "token_file: 'gone.safetensors' does not exist" in load.validate_inputs(token_file="gone.safetensors")
     assert "file: '../../etc/hosts' points outside" in load.validate_inputs(token_file="x", file="../../etc/hosts")
     with pytest.raises(ValueError, match="token_file: '/etc/hosts' points outside ComfyUI's input folder"):

@@ -3,7 +3,7 @@ import torch
 
 from glmimage_core.errors import GlmImageInputError
 from glmimage_core.images import split_batch, to_rgb
-from glmimage_core.ar_prompt import prepare_inputs
+from glmimage_core.ar.chat_prompt import prepare_inputs
 from glmimage_core.shapes import DEFAULT_SHAPE, GridShape
 
 

@@ -5,10 +5,11 @@ import gc
 import pytest
 import torch
 
-from glmimage_core import ar_loading, decoder_loading
-from glmimage_core.ar_generate import generate_tokens
-from glmimage_core.comfy_memory import comfy_loaded_count
-from glmimage_core.ar_prompt import prepare_inputs
+from glmimage_core.ar import loading as ar_loading
+from glmimage_core.dit import loading as decoder_loading
+from glmimage_core.ar.generation import generate_tokens
+from glmimage_core.memory.comfy_memory import comfy_loaded_count
+from glmimage_core.ar.chat_prompt import prepare_inputs
 
 
 def test_compiled_falls_back_to_standard_on_cpu_with_a_clear_message(ar):
@@ -57,8 +58,8 @@ def test_models_are_registered_once_with_comfyui_and_replaced_not_doubled(comfy_
 
 
 def test_decoder_is_managed_by_comfyui_too(comfy_pack, tmp_path):
-    from glmimage_core.dit_sampling import decode_prior
-    from glmimage_core.demo_decoder import build_tiny_decoder
+    from glmimage_core.dit.sampling import decode_prior
+    from glmimage_core.demo.decoder import build_tiny_decoder
     from glmimage_core.payloads import PriorTokens
 
     bundle = decoder_loading.load_decoder(str(build_tiny_decoder(tmp_path / "dec")), dtype="fp32", device="auto")

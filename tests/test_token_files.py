@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from glmimage_core.errors import GlmImageInputError
 from glmimage_core.payloads import PriorTokens, upsample_d32_to_d16
-from glmimage_core.token_files import is_token_file, load_prior, save_prior
-from glmimage_core.token_folders import list_token_files, resolve_token_path
-from glmimage_core.token_preview import render_grid
+from glmimage_core.tokens.files import is_token_file, load_prior, save_prior
+from glmimage_core.tokens.folders import list_token_files, resolve_token_path
+from glmimage_core.tokens.grid_preview import render_grid
 
 
 def _prior(mode="i2i"):
@@ -83,7 +83,7 @@ def _safetensors_header(tensors: dict, metadata: dict) -> bytes:
 
 
 def test_a_file_too_large_to_hold_tokens_is_refused_from_its_size(tmp_path):
-    from glmimage_core.token_files import MAX_FILE_BYTES
+    from glmimage_core.tokens.files import MAX_FILE_BYTES
 
     path = save_prior(_prior("t2i"), tmp_path / "big.safetensors")
     os.truncate(path, 20 * 2**30)  # a sparse 20 GiB file with a token file's valid header at its start

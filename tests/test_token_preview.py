@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from glmimage_core import ar_generate
-from glmimage_core.ar_loading import load_ar_model
-from glmimage_core.demo_models import TINY_CODEBOOK, build_tiny_ar_model
+from glmimage_core.ar import generation as ar_generate
+from glmimage_core.ar.loading import load_ar_model
+from glmimage_core.demo.models import TINY_CODEBOOK, build_tiny_ar_model
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.token_grids import extract_prior
-from glmimage_core.ar_generate import generate_tokens
-from glmimage_core.ar_prompt import prepare_inputs
+from glmimage_core.tokens.grids import extract_prior
+from glmimage_core.ar.generation import generate_tokens
+from glmimage_core.ar.chat_prompt import prepare_inputs
 from glmimage_core.shapes import GridShape
-from glmimage_core.token_preview import (INVALID_RGB, UNFILLED_RGB, LiveGridPreview, codebook_embedding,
+from glmimage_core.tokens.grid_preview import (INVALID_RGB, UNFILLED_RGB, LiveGridPreview, codebook_embedding,
                                          codebook_palette, hue_palette, model_palette, render_grid)
 
 
@@ -197,7 +197,7 @@ def test_preview_node_colours_like_the_model_that_sampled_the_tokens(ar, comfy_p
     import dataclasses
     import sys
 
-    from glmimage_core.token_files import load_prior, save_prior
+    from glmimage_core.tokens.files import load_prior, save_prior
 
     node = sys.modules[f"{comfy_pack.__name__}.nodes"].GLMImagePreviewTokens
     tokens = generate_tokens(ar, prepare_inputs(ar.processor, "a boat <sop>3 2<eop>"), seed=2)

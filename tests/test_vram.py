@@ -12,12 +12,14 @@ import copy
 import pytest
 import torch
 
-from glmimage_core import comfy_memory, real_size, vram_plan
-from glmimage_core.ar_loading import load_ar_model
-from glmimage_core.cast_layers import HostEmbedding, make_castable, resolve_weight_dtype
+from glmimage_core.memory import comfy_memory
+from glmimage_core.demo import real_size
+from glmimage_core.memory import vram_plan
+from glmimage_core.ar.loading import load_ar_model
+from glmimage_core.weights.cast_layers import HostEmbedding, make_castable, resolve_weight_dtype
 from glmimage_core.errors import GlmImageInputError
-from glmimage_core.ar_generate import generate_tokens
-from glmimage_core.ar_prompt import prepare_inputs
+from glmimage_core.ar.generation import generate_tokens
+from glmimage_core.ar.chat_prompt import prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +207,7 @@ def test_plan_message_names_the_options_that_fit():
 
 
 def test_ar_working_memory_grows_with_the_picture(comfy_ar):
-    from glmimage_core.ar_residency import ar_working_bytes
+    from glmimage_core.ar.residency import ar_working_bytes
 
     small = prepare_inputs(comfy_ar.processor, "x <sop>8 8<eop>")
     big = prepare_inputs(comfy_ar.processor, "x <sop>32 32<eop>")

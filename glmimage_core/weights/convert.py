@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .. import vram_plan
+from ..memory import vram_plan
 from ..errors import GlmImageInputError
 from . import formats
 from .fp8 import CONVENTIONS, FP8_DTYPES, layer_tensors, marker_tensors, quantize

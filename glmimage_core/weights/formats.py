@@ -200,7 +200,7 @@ def _inspect_folder(path: Path) -> WeightSource:
     part = part_of_config(config)
     if part is None:
         raise Foreign(path, f"a {config.get('model_type') or config.get('_class_name') or 'different'} model")
-    from ..weight_files import check_safetensors, checkpoint_dtype
+    from .files import check_safetensors, checkpoint_dtype
 
     files = check_safetensors(path, HUB_FOLDERS[part])
     dtype = checkpoint_dtype(path)
@@ -224,7 +224,7 @@ def part_of_config(config: dict) -> str | None:
 
 
 def _inspect_safetensors(path: Path) -> WeightSource:
-    from ..weight_files import BadHeader, safetensors_header
+    from .files import BadHeader, safetensors_header
 
     size = path.stat().st_size
     try:

@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from ..errors import GlmImageInputError
-from ..weight_files import BadHeader, safetensors_header
+from .files import BadHeader, safetensors_header
 
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
           "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),

@@ -32,7 +32,7 @@ def write_peft_lora(loras: Path, transformer: Path) -> None:
     loader nodes have a real file to list and apply."""
     from diffusers.loaders.lora_base import LoraBaseMixin
 
-    from glmimage_core.demo_decoder import random_lora
+    from glmimage_core.demo.decoder import random_lora
 
     layers = random_lora(transformer, ("transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"), seed=1)
     loras.mkdir(parents=True, exist_ok=True)
@@ -60,8 +60,8 @@ def comfy_server(comfy_target, tmp_path_factory):
         if comfy_target.name == f"comfyui-{COMFY033_VERSION}" and comfy_target is not TARGETS[0]:
             pytest.skip(comfy_target.missing)  # optional: needs a snapshot that is not on the index
         pytest.fail(comfy_target.missing, pytrace=False)
-    from glmimage_core.demo_decoder import build_tiny_full_hub_layout
-    from glmimage_core.demo_models import build_tiny_ar_model
+    from glmimage_core.demo.decoder import build_tiny_full_hub_layout
+    from glmimage_core.demo.models import build_tiny_ar_model
 
     server = ComfyServer(tmp_path_factory.mktemp(comfy_target.name), comfy_dir=comfy_target.comfy_dir,
                          python=comfy_target.python)

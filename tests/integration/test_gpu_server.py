@@ -30,7 +30,7 @@ MODES = {"dynamic": [], "static": ["--disable-dynamic-vram"], "lowvram-fp8": ["-
 
 @pytest.fixture(scope="module", params=list(MODES), ids=list(MODES))
 def gpu_server(request, tmp_path_factory):
-    from glmimage_core.demo_decoder import build_tiny_full_hub_layout
+    from glmimage_core.demo.decoder import build_tiny_full_hub_layout
 
     mode = request.param
     device = "gpu" if DEVICE == "cuda" else "cpu"

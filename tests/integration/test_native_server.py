@@ -55,7 +55,7 @@ def _small(prompt: dict) -> dict:
 def test_lora_loader_model_only_applies_a_glm_image_dit_lora(comfy_server, prompt):
     from safetensors.torch import save_file
 
-    from glmimage_core.demo_decoder import random_lora
+    from glmimage_core.demo.decoder import random_lora
 
     prompt = _small(prompt)
     plain = final_pixels(comfy_server, comfy_server.run(prompt))

@@ -177,7 +177,7 @@ def _tiny_lora(server) -> None:
     """A rank-4 diffusers-style LoRA on two of the tiny DiT's layers (as test_native_server's)."""
     from safetensors.torch import save_file
 
-    from glmimage_core.demo_decoder import random_lora
+    from glmimage_core.demo.decoder import random_lora
 
     path = server.base / "models" / "loras" / LORA_NAME
     if path.is_file():

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from glmimage_core.payloads import PriorTokens
-from glmimage_core.token_files import save_prior
+from glmimage_core.tokens.files import save_prior
 from tests.comfy_harness import ComfyError, input_specs, node_id, workflow_to_api_prompt
 
 LOAD = "GLMImageLoadTokens"

@@ -26,8 +26,8 @@ import weakref
 import numpy as np
 import torch
 
-from .errors import GlmImageInputError
-from .shapes import GridShape
+from ..errors import GlmImageInputError
+from ..shapes import GridShape
 
 #: Where the VQ codebook lives in transformers' `GlmImageForConditionalGeneration` (5.x):
 #: model.model.vqmodel.quantize.embedding (an nn.Embedding of num_embeddings x embed_dim).

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from .errors import GlmImageInputError
+from ..errors import GlmImageInputError
 
 #: The loaders' `device` choices.
 DEVICE_CHOICES = ("auto", "gpu", "cpu")

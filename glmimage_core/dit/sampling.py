@@ -35,13 +35,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import runtime, vram_plan
-from .decode_inputs import DecodeInputs, validate
-from .dit_forward import build_source_kv, pad_glyphs, velocity
-from .errors import GlmImageInputError
-from .images import source_pixels
-from .comfy_memory import ensure_on_device, patcher_of
-from .payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, d16_ids
+from ..memory import host as runtime, vram_plan
+from .decoder_inputs import DecodeInputs, validate
+from .forward import build_source_kv, pad_glyphs, velocity
+from ..errors import GlmImageInputError
+from ..images import source_pixels
+from ..memory.comfy_memory import ensure_on_device, patcher_of
+from ..payloads import DecoderBundle, DiTModel, GlyphEncoder, PriorTokens, VAEModel, d16_ids
 
 #: ByT5 truncates each glyph text to this many bytes (diffusers' `max_sequence_length`).
 MAX_GLYPH_BYTES = 2048

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .runtime import _comfy_module
+from ..memory.host import _comfy_module
 
 FOLDER_NAME = "glm_image"
 ENV_MODELS_DIR = "GLMIMAGE_MODELS_DIR"

@@ -100,7 +100,7 @@ def build_ar_with_processor(layers: int = 40, vision_depth: int = 40, dtype: tor
     """
     from transformers import GenerationConfig
 
-    from .demo_models import build_processor
+    from .models import build_processor
 
     processor = build_processor(CODEBOOK, max_side=2048)
     tokenizer = processor.tokenizer

@@ -5,7 +5,7 @@ tokens' d16 prior ids, kept. Negative: GLM-Image's unguided branch, the empty
 text's glyph embeddings and the same ids, dropped. For image-to-image both
 carry the source images (raw VAE latents + their d16 ids); the positive rows
 read them through the DiT's keys/values, the negative rows do not. The checks
-are the decode node's own (glmimage_core.decode_inputs.validate).
+are the decode node's own (glmimage_core.dit.decoder_inputs.validate).
 
 The MODEL output gets GLM-Image's shift for the tokens' size, unless a stock
 flow model-sampling node (ModelSamplingSD3 / AuraFlow / Flux) was placed before
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..glmimage_core.decode_inputs import validate
-from ..glmimage_core.dit_sampling import encode_glyphs
+from ..glmimage_core.dit.decoder_inputs import validate
+from ..glmimage_core.dit.sampling import encode_glyphs
 from ..glmimage_core.errors import GlmImageInputError
 from ..glmimage_core.images import source_pixels
 from ..glmimage_core.payloads import DiTModel, GlyphEncoder, PriorTokens, d16_ids

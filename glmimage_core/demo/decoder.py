@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .demo_models import TINY_CODEBOOK, build_tiny_hub_layout
+from .models import TINY_CODEBOOK, build_tiny_hub_layout
 
 #: The scheduler settings of GLM-Image as far as `GlmImagePipeline` reads them:
 #: dynamic (resolution dependent) shifting with mu = sqrt(seq_len / 256) * 0.75 + 0.25

@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import GlmImageInputError
-from .images import split_batch
-from .payloads import DecoderBundle, DiTModel, PriorTokens
-from .shapes import PIXELS_PER_TOKEN
+from ..errors import GlmImageInputError
+from ..images import split_batch
+from ..payloads import DecoderBundle, DiTModel, PriorTokens
+from ..shapes import PIXELS_PER_TOKEN
 
 MAX_STEPS = 1000
 

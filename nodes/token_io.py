@@ -3,7 +3,7 @@
 Load lists token files like ComfyUI's own loaders list theirs (a dropdown re-read on every editor
 refresh, output files marked '[output]'); a linked 'file' input wins over it, because a dropdown
 cannot take the STRING that Save returns and one graph should be able to save and load. Every name
-goes through glmimage_core.token_folders (ComfyUI's folders only) and token_files (header first).
+goes through glmimage_core.tokens.folders (ComfyUI's folders only) and token_files (header first).
 """
 
 import os
@@ -11,8 +11,8 @@ import os
 from .api import io
 
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.token_files import load_prior, save_prior
-from ..glmimage_core.token_folders import OUTPUT_SUBFOLDER, resolve_token_path
+from ..glmimage_core.tokens.files import load_prior, save_prior
+from ..glmimage_core.tokens.folders import OUTPUT_SUBFOLDER, resolve_token_path
 from .messages import show_message
 from .sockets import CATEGORY, GlmImagePrior
 from .token_paths import (FILE_TOOLTIP, NO_TOKEN_FILES, TOKEN_FILE_TOOLTIP, chosen_file,  # noqa: F401 (NO_TOKEN_FILES:

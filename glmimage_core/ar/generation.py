@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .ar_seeded_batch import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
-from .errors import GlmImageInputError
-from . import vram_plan
-from .ar_residency import ar_needs, ar_on_device, ar_residency
-from .ar_compiled_step import DecodeTimes, graph_friendly_decode
-from .payloads import ARModel, GeneratedTokens, GlmImageInputs
-from .runtime import Progress, check_interrupted, preview_size, progress_bar
-from .token_preview import LiveGridPreview, model_palette
+from .seeded_batch import PerSampleSampler, derived_seeds, expand_inputs, sampling_warpers
+from ..errors import GlmImageInputError
+from ..memory import vram_plan
+from .residency import ar_needs, ar_on_device, ar_residency
+from .compiled_step import DecodeTimes, graph_friendly_decode
+from ..payloads import ARModel, GeneratedTokens, GlmImageInputs
+from ..memory.host import Progress, check_interrupted, preview_size, progress_bar
+from ..tokens.grid_preview import LiveGridPreview, model_palette
 
 
 @dataclass(frozen=True)

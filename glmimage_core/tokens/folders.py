@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .errors import GlmImageInputError
-from .token_files import is_token_file
+from ..errors import GlmImageInputError
+from .files import is_token_file
 
 KINDS = ("input", "output", "temp")
 SUFFIX = ".safetensors"

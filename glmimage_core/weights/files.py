@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import GlmImageInputError
+from ..errors import GlmImageInputError
 
 HEADER_LEN_BYTES = 8  # safetensors: u64 little-endian header length, then the JSON header
 MAX_HEADER_BYTES = 100_000_000

@@ -14,9 +14,9 @@ from typing import Iterator
 
 import torch
 
-from . import vram_plan
-from .comfy_memory import Residency, ensure_on_device, is_streaming, release
-from .payloads import ARModel, GlmImageInputs
+from ..memory import vram_plan
+from ..memory.comfy_memory import Residency, ensure_on_device, is_streaming, release
+from ..payloads import ARModel, GlmImageInputs
 
 STREAMING_HINT = "turn on allow_streaming in 'GLM-Image generate tokens' (it works, but every token then copies " \
                  "the streamed layers from RAM: 10-50x slower)"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import GlmImageInputError
-from .images import SourceImage, prepare_sources
-from .payloads import GlmImageInputs
-from .shapes import DEFAULT_SHAPE, GridShape, split_shape_tags
+from ..errors import GlmImageInputError
+from ..images import SourceImage, prepare_sources
+from ..payloads import GlmImageInputs
+from ..shapes import DEFAULT_SHAPE, GridShape, split_shape_tags
 
 
 def resolve_shape(prompt: str, shape: GridShape | None, sources: list[SourceImage]) -> tuple[str, GridShape]:

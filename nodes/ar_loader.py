@@ -1,5 +1,6 @@
-from ..glmimage_core import ar_loading, vram_plan
-from ..glmimage_core.cast_layers import WEIGHT_DTYPE_CHOICES
+from ..glmimage_core.ar import loading as ar_loading
+from ..glmimage_core.memory import vram_plan
+from ..glmimage_core.weights.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from .api import ADVANCED, io
 from .inputs import NO_MODELS, model_choices, require_model  # noqa: F401 (NO_MODELS: the placeholder, named here too)

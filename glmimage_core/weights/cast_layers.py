@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import GlmImageInputError
+from ..errors import GlmImageInputError
 
 #: ComfyUI's own names for the weight storage option (its "Load Diffusion Model" node's weight_dtype).
 WEIGHT_DTYPE_CHOICES = ["default", "fp8_e4m3fn", "fp8_e5m2"]

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import vram_plan
-from .cast_layers import keep_embeddings_on_host, make_castable, weight_dtype_in
-from .dtypes import resolve_dtype
-from .errors import GlmImageInputError
-from .comfy_memory import comfy_ops, forget
-from .model_cache import ModelCache
-from .model_folders import resolve_model_path
-from .payloads import ARModel
-from .runtime import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
+from ..memory import vram_plan
+from ..weights.cast_layers import keep_embeddings_on_host, make_castable, weight_dtype_in
+from ..dtypes import resolve_dtype
+from ..errors import GlmImageInputError
+from ..memory.comfy_memory import comfy_ops, forget
+from ..memory.model_cache import ModelCache
+from ..weights.model_folders import resolve_model_path
+from ..payloads import ARModel
+from ..memory.host import DEVICE_CHOICES as _DEVICES, offload_device, torch_device
 
 DEVICE_CHOICES = list(_DEVICES)
 ATTENTION_CHOICES = ["sdpa", "eager"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import GlmImageInputError
-from .payloads import GeneratedTokens, PriorTokens
+from ..errors import GlmImageInputError
+from ..payloads import GeneratedTokens, PriorTokens
 
 
 def extract_prior(tokens: GeneratedTokens) -> PriorTokens:

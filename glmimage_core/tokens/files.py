@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import GlmImageInputError
-from .payloads import PriorTokens
-from .weight_files import BadHeader, safetensors_header
+from ..errors import GlmImageInputError
+from ..payloads import PriorTokens
+from ..weights.files import BadHeader, safetensors_header
 
 FORMAT = "glm-image-prior"
 VERSION = "1"

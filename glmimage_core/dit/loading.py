@@ -35,16 +35,16 @@ from typing import Mapping
 
 import torch
 
-from . import vram_plan
-from .cast_layers import make_castable, weight_dtype_in
-from .dtypes import resolve_dtype
-from .errors import GlmImageInputError
-from .comfy_memory import comfy_ops, forget
-from .model_cache import ModelCache
-from .model_folders import resolve_model_path
-from .payloads import DecoderBundle, DiTModel, GlyphEncoder, LatentStats, VAEModel, latent_stats_of
-from .runtime import free_memory_cache, offload_device, torch_device
-from .weight_files import check_safetensors, checkpoint_dtype
+from ..memory import vram_plan
+from ..weights.cast_layers import make_castable, weight_dtype_in
+from ..dtypes import resolve_dtype
+from ..errors import GlmImageInputError
+from ..memory.comfy_memory import comfy_ops, forget
+from ..memory.model_cache import ModelCache
+from ..weights.model_folders import resolve_model_path
+from ..payloads import DecoderBundle, DiTModel, GlyphEncoder, LatentStats, VAEModel, latent_stats_of
+from ..memory.host import free_memory_cache, offload_device, torch_device
+from ..weights.files import check_safetensors, checkpoint_dtype
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHTED = ("transformer", "vae", "text_encoder")

@@ -24,8 +24,8 @@ from typing import Callable
 
 import torch
 
-from .errors import GlmImageInputError
-from .runtime import _comfy_module, free_memory_cache, free_vram, offload_device
+from ..errors import GlmImageInputError
+from .host import _comfy_module, free_memory_cache, free_vram, offload_device
 
 _PATCHER_ATTR = "_glmimage_patcher"
 log = logging.getLogger("GLM-Image")

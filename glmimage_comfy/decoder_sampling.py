@@ -15,13 +15,13 @@ import comfy.sample
 import comfy.samplers
 import latent_preview
 
-from ..glmimage_core import vram_plan
-from ..glmimage_core.dit_sampling import glm_timesteps
+from ..glmimage_core.memory import vram_plan
+from ..glmimage_core.dit.sampling import glm_timesteps
 from ..glmimage_core.errors import GlmImageInputError
-from ..glmimage_core.comfy_memory import patcher_of
+from ..glmimage_core.memory.comfy_memory import patcher_of
 from ..glmimage_core.payloads import DecoderBundle, DiTModel, PriorTokens
-from ..glmimage_core.runtime import free_vram
-from .conditioning import build_conditioning
+from ..glmimage_core.memory.host import free_vram
+from .token_conditioning import build_conditioning
 from .flow_sampling import require_flow_sampling, timestep_scale
 from .native_patcher import native_model, with_vram_limit
 from .vae import comfy_vae, preview_factors

@@ -1,0 +1,1 @@
+"""The decoder stage's DiT: loading the decoder parts, the decoder's inputs, the DiT forward, sampling primitives."""

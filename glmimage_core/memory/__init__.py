@@ -1,0 +1,1 @@
+"""Where models live: the host seam, the VRAM plan, the model cache."""

@@ -1,0 +1,1 @@
+"""Token grids: extracting the prior, token files and folders, the false-colour preview."""
