@@ -126,7 +126,7 @@ def build_model(part: str, config: dict, dtype: torch.dtype | None = None):
 def convert_part(hub: str | Path, part: str, out_dir: str | Path, fmt: str = "bf16",
                  convention: str | None = "comfy_quant", name: str | None = None, overwrite: bool = False,
                  progress_for=None, check_cancel=None) -> Path:
-    """Write one part of `hub` as one file in `out_dir`; `progress_for(total)` makes a progress bar."""
+    """Write one part of `hub` as one file in `out_dir`; `progress_for(total, part)` makes a progress bar."""
     plan = plan_part(hub, part, fmt, convention)
     target = Path(out_dir) / (name or default_name(part, fmt, plan.convention))
     check_target(target, overwrite)
@@ -173,7 +173,7 @@ def convert_part(hub: str | Path, part: str, out_dir: str | Path, fmt: str = "bf
             tensor = reader.read(key)
             return tensor.to(torch.bfloat16) if tensor.is_floating_point() and tensor.element_size() > 1 else tensor
 
-        progress = progress_for(len(entries)) if progress_for else None
+        progress = progress_for(len(entries), part) if progress_for else None
         return write_file(target, entries, produce, plan.metadata(), overwrite, progress, check_cancel)
 
 

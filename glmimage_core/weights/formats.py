@@ -34,7 +34,8 @@ Plugging in a container (how the GGUF reader joins; this interface stays as it i
     formats.register_layers("gguf", make_layers)   # (model, operations) -> cast_layers.CastSummary: gives the
                                  # leaves their layer classes once lean_load assigned the tensors read (GGMLOps)
     formats.register_writer("gguf_q8_0", write)    # convert.py's hook: (plan: convert.PartPlan, target: Path,
-                                 # progress) -> None; writes `target` (a temp name; convert renames it)
+                                 # progress_for) -> None; writes `target` (a temp name in the final folder;
+                                 # convert publishes it); progress_for(total, part) -> bar with .update(n)
 
 `TensorReader.read(key, dtype)` returns the tensor as the layer keeps it (fp8 stays fp8, a GGUF quant stays a
 GGMLTensor); `dtype` asks plain float tensors (norms, biases) to arrive in the compute dtype, converted one
