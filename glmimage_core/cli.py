@@ -2,6 +2,7 @@
 
     python -m glmimage_core demo --out output/demo
     python -m glmimage_core generate --model models/glm_image/GLM-Image --prompt "a red fox" --width 1024 --height 1024
+    python -m glmimage_core convert --model models/glm_image/GLM-Image --models-dir models --format fp8_e4m3fn
 
 Without --model a tiny random demo model is built on the spot (no download),
 which proves the pipeline runs but draws noise.
@@ -174,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
     gen.add_argument("--name", default="glm_image", help="file name stem")
     gen.set_defaults(func=_generate)
+
+    from .weights.convert_cli import add_parser
+
+    add_parser(sub)
     return parser
 
 

@@ -1,1 +1,3 @@
-"""Weight files and formats: the safetensors header reader, cast layers, model folders."""
+"""Weight files and formats: the safetensors header reader (files), cast layers, model folders; what a path holds
+(formats: the seam every format plugs into), reading it tensor by tensor (tensor_reader), fp8 conventions (fp8),
+loading a part straight into its layers (lean_load), writing single files (writer, convert)."""
