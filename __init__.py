@@ -8,10 +8,11 @@ root) do not fail.
 
 
 async def comfy_entrypoint():
-    from .glmimage_comfy import lora_keys
+    from .glmimage_comfy import gguf_ops, lora_keys
     from .glmimage_core.weights.model_folders import register_comfy_folder
     from .nodes import GlmImageExtension
 
     register_comfy_folder()
     lora_keys.install()  # GLM-Image DiT LoRAs through ComfyUI's stock LoRA loaders
+    gguf_ops.install()  # GGUF files of the AR model and the DiT through ComfyUI-GGUF (when it is installed)
     return GlmImageExtension()

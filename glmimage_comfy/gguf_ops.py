@@ -3,13 +3,15 @@
 ComfyUI users run GGUF models through ComfyUI-GGUF: `loader.gguf_sd_loader` reads a file
 into `GGMLTensor`s (memory-mapped, still quantized) and `ops.GGMLOps` layers dequantise
 them on every forward, on whatever device ComfyUI put them. The pack uses that seam
-rather than a copy of it: the upstream model (transformers / diffusers) is built with
-empty weights, its `nn.Linear` layers become `GGMLOps.Linear` (the same class swap
-`cast_layers.make_castable` does for ComfyUI's own operations), the file's quantized
-Linear weights are assigned to them as they are, and every other tensor (norms, biases,
-embeddings, convolutions, the Linears the writer kept) is dequantised once to the
-model's dtype, so the rest of the pack's preparation (`prepare_ar_model` /
-`prepare_dit`: ComfyUI cast layers, the embedding table in RAM) runs unchanged.
+rather than a copy of it. `install()` plugs it into the formats seam
+(glmimage_core/weights/gguf_format.py): the part is built with empty weights and filled
+tensor by tensor (weights/lean_load) from `gguf_sd_loader`'s tensors, the quantized
+Linear weights as they are (memory-mapped), every other tensor (norms, biases,
+embeddings, convolutions, the Linears the writer kept) dequantised once to the model's
+dtype; then the Linears holding quantized weights become `GGMLOps.Linear` (the same class
+swap `cast_layers.make_castable` does for ComfyUI's own operations), and the rest of the
+pack's preparation (`prepare_ar_model` / `prepare_dit`: ComfyUI cast layers, the
+embedding table in RAM) runs unchanged.
 
 ComfyUI-GGUF is found where ComfyUI loaded it (any custom_nodes folder name), or in a
 custom_nodes folder or on sys.path when ComfyUI has not imported it yet; without it the
@@ -24,12 +26,14 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..glmimage_core.errors import GlmImageInputError
+from ..glmimage_core.weights import formats
+from ..glmimage_core.weights.cast_layers import CastSummary
 from ..glmimage_core.weights.gguf_files import ARCHITECTURES
+from ..glmimage_core.weights.gguf_format import set_tensor_source
 
 INSTALL_HINT = ("GGUF files load through the custom node pack ComfyUI-GGUF, which is not installed: install "
                 "\"ComfyUI-GGUF\" by city96 with ComfyUI-Manager, or run `git clone "
@@ -133,52 +137,39 @@ def read_state_dict(path: str | os.PathLike, part: str) -> dict:
     return state_dict
 
 
-def _plain(tensor: torch.Tensor, gg: ComfyGGUF, dtype: torch.dtype) -> torch.Tensor:
-    """A GGUF tensor dequantised (or just cast) to `dtype`, as a plain tensor with its own memory."""
-    value = gg.dequant.dequantize_tensor(tensor, dtype)
+def plain(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A GGUF tensor kept in F32 / F16 / BF16, dequantised (or cast) by ComfyUI-GGUF to `dtype`, plain."""
+    gg = comfyui_gguf()
+    value = gg.dequant.dequantize_tensor(tensor, dtype or torch.float32)
     if isinstance(value, gg.ops.GGMLTensor):
         value = value.as_subclass(torch.Tensor)
     return value.detach().clone() if value.data_ptr() == tensor.data_ptr() else value.detach()
 
 
-def ggml_linears(model: torch.nn.Module, gg: ComfyGGUF) -> int:
-    """Give every `nn.Linear` of `model` the class `GGMLOps.Linear` (in place; parameters unchanged)."""
-    swapped = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = gg.ops.GGMLOps.Linear
-            swapped += 1
-    return swapped
-
-
-def load_gguf_module(path: str | os.PathLike, part: str, build_empty: Callable[[], torch.nn.Module],
-                     dtype: torch.dtype) -> torch.nn.Module:
-    """The model `build_empty()` makes (parameters on the meta device), filled from a GGUF file through
-    ComfyUI-GGUF: quantized Linear weights stay quantized in `GGMLOps.Linear` layers, the rest in `dtype`."""
+def ggml_linears(model: torch.nn.Module, operations=None) -> CastSummary:
+    """The formats seam's layer hook for GGUF: every `nn.Linear` holding a quantized weight becomes
+    `GGMLOps.Linear` (in place; its parameters unchanged), which dequantises it on each forward. The pack's
+    own preparation then leaves these layers as they are (they are ComfyUI cast layers already)."""
     gg = comfyui_gguf()
-    state_dict = read_state_dict(path, part)
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, not stored
-        model = build_empty()
-    linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    for key, tensor in state_dict.items():
-        if not (key in linear and gg.dequant.is_quantized(tensor)):
-            state_dict[key] = _plain(tensor, gg, dtype)
-    ggml_linears(model, gg)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
-    missing = [key for key in missing if not _tied(model, key)]
-    if missing or unexpected:
-        raise GlmImageInputError(f"{str(path)!r} does not fit GLM-Image's {part.upper()} of its config: "
-                                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    still_empty = [name for name, p in model.named_parameters() if p.device.type == "meta"]
-    if still_empty:
-        raise GlmImageInputError(f"{str(path)!r} left {still_empty[:5]} of GLM-Image's {part.upper()} empty")
-    return model.eval().requires_grad_(False)
+    summary = CastSummary()
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and gg.dequant.is_quantized(module.weight):
+            module.__class__ = gg.ops.GGMLOps.Linear
+            summary.swapped[gg.ops.GGMLOps.Linear.__name__] += 1
+    return summary
 
 
-def _tied(model: torch.nn.Module, key: str) -> bool:
-    """Whether `key` is a weight tied to another one (transformers' tie_word_embeddings)."""
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    return key in tied
+def is_gguf_model(module: torch.nn.Module) -> bool:
+    """Whether `module` holds ComfyUI-GGUF layers with quantized weights (it then wants the GGUF patcher)."""
+    found = _loaded()
+    if found is None:
+        return False
+    return any(isinstance(m, found.ops.GGMLLayer) and found.dequant.is_quantized(getattr(m, "weight", None))
+               for m in module.modules())
+
+
+def install() -> None:
+    """Plug ComfyUI-GGUF into the formats seam: GGUF files read by its loader, quantized Linears as its layers.
+    Called when ComfyUI loads the pack; ComfyUI-GGUF itself is looked up only when a GGUF file is loaded."""
+    set_tensor_source(read_state_dict, plain)
+    formats.register_layers("gguf", ggml_linears)

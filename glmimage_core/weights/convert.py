@@ -52,6 +52,9 @@ class PartPlan:
 
 
 def default_name(part: str, fmt: str, convention: str | None = None) -> str:
+    if fmt.startswith("gguf_") and part in _FP8_KEEP:
+        return f"glm_image_{part}_{fmt[5:]}.gguf"
+    fmt = "bf16" if fmt.startswith("gguf_") else fmt  # the VAE and glyph encoder of a GGUF set: bf16 files
     label = fmt if fmt == "bf16" or part not in _FP8_KEEP else f"{fmt}_{'scaled' if convention == 'scaled_fp8' else 'comfy'}"
     label = "bf16" if part in ("vae", "glyph") and fmt in FORMATS else label
     return f"glm_image_{part}_{label}.safetensors"
@@ -188,6 +191,8 @@ def convert(hub: str | Path, parts: list[str], out_dirs: dict[str, Path], fmt: s
     for part, target in plans:
         if not shared(part, target):
             check_target(target, overwrite)
+    part_fmt = lambda part: "bf16" if fmt in formats.WRITERS and part not in _FP8_KEEP else fmt  # noqa: E731
     return [target if shared(part, target) else
-            convert_part(hub, part, target.parent, fmt, convention, target.name, overwrite, progress_for, check_cancel)
+            convert_part(hub, part, target.parent, part_fmt(part), convention, target.name, overwrite, progress_for,
+                         check_cancel)
             for part, target in plans]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import GlmImageInputError
-from .. import vram_plan
+from ..memory import vram_plan
 
 #: The quantizations the pack writes ("gguf-q8_0" ... on the command line), best first.
 QTYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
@@ -187,6 +187,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError) as err:
         raise GlmImageInputError(f"{str(path)!r} is not a readable GGUF file ({err})") from err
+    return read_metadata_of(reader)
+
+
+def read_metadata_of(reader) -> dict[str, str]:
+    """The string key/values of an open `gguf.GGUFReader`."""
+    gguf = _gguf()
     out = {}
     for key, field in reader.fields.items():
         if field.types == [gguf.GGUFValueType.STRING]:
@@ -209,6 +215,11 @@ def dequantized(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         shape = shapes.get(tensor.name, tuple(int(v) for v in reversed(tensor.shape)))
         out[tensor.name] = torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)
     return out
+
+
+def qtype_names(path: str | os.PathLike) -> dict[str, str]:
+    """Each tensor's GGUF type name ("Q8_0", "F32", ...)."""
+    return {tensor.name: tensor.tensor_type.name for tensor in _gguf().GGUFReader(path).tensors}
 
 
 def qtype_counts(path: str | os.PathLike) -> dict[str, int]:
