@@ -152,6 +152,7 @@ def write_gguf(path: str | os.PathLike, part: str, shapes: Mapping[str, tuple[tu
     if target.exists() and not overwrite:
         raise GlmImageInputError(f"{str(target)!r} exists: choose another name, or allow overwriting")
     plans = plan_file(shapes, part, qtype_of(qtype), linear_weights)
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.part")
     writer = gguf.GGUFWriter(temporary, arch=ARCHITECTURES[part])
     try:
