@@ -15,8 +15,10 @@ teacher-forced, 8 Euler steps of a 2 x 96 x 128 picture):
     Q4_1    0.73   (limit 1.5)                        0.008 / 0.133  (limits 0.025 / 0.35)
     Q4_0    0.75   (limit 1.5)                        0.008 / 0.178  (limits 0.025 / 0.35)
 
-Greedy tokens themselves are not compared one for one: the tiny random model's codebook logits lie within
-~0.05 of each other, so even bf16 against fp32 picks other tokens after a few steps.
+Greedy tokens are compared only at the first step (equal for every qtype): the tiny random model's codebook
+logits lie within a few hundredths of each other, so under teacher forcing the GGUF models' argmax matched
+the bf16 tokens at 78 % (Q8_0), 25-69 % (Q5) and 59-66 % (Q4) of the 32 steps, and free-running greedy
+sequences part after a few tokens (bf16 against fp32 too).
 """
 
 from __future__ import annotations
@@ -231,7 +233,7 @@ def test_gguf_ar_model_loads_into_ggmlops_layers_and_scores_within_tolerance_of_
     _, ours = _logits(ar, inputs, 32, tokens)
     diff = (ours - logits).abs().max().item()
     assert diff <= AR_LOGIT_LIMIT[q], f"{q}: max |logit difference| {diff:.3f} > {AR_LOGIT_LIMIT[q]}"
-    assert (ours.argmax(-1) == tokens).float().mean() >= 0.5
+    assert torch.equal(ours[:, 0].argmax(-1), tokens[:, 0])  # the first token: the logits after the prompt
 
 
 @pytest.fixture(scope="module")
@@ -259,13 +261,13 @@ def test_gguf_dit_loads_into_ggmlops_layers_and_paints_within_tolerance_of_bf16(
     assert mean > 0  # the quantized weights were used, not the folder's
 
 
+@pytest.mark.comfyui_inprocess
 def test_without_comfyui_gguf_the_loader_says_how_to_install_it(files, tmp_path):
     """A ComfyUI with the pack but without ComfyUI-GGUF (a process of its own: nothing imported it there)."""
-    from tests.conftest import COMFYUI_DIR
-
+    comfyui_dir = Path(os.environ.get("GLMIMAGE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
     script = f"""
 import importlib.util, sys
-sys.path[:0] = [{str(COMFYUI_DIR)!r}, {str(REPO)!r}]
+sys.path[:0] = [{str(comfyui_dir)!r}, {str(REPO)!r}]
 from comfy.cli_args import args; args.cpu = True
 spec = importlib.util.spec_from_file_location("pack", {str(REPO / "__init__.py")!r},
                                               submodule_search_locations=[{str(REPO)!r}])
