@@ -21,6 +21,7 @@ message says how to install it.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import types
@@ -40,6 +41,7 @@ INSTALL_HINT = ("GGUF files load through the custom node pack ComfyUI-GGUF, whic
                 "https://github.com/city96/ComfyUI-GGUF` in ComfyUI/custom_nodes and `pip install gguf` in "
                 "ComfyUI's Python; then restart ComfyUI")
 _MODULES = ("dequant", "ops", "loader")
+log = logging.getLogger("GLM-Image")
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ def ggml_linears(model: torch.nn.Module, operations=None) -> CastSummary:
         if type(module) is torch.nn.Linear and gg.dequant.is_quantized(module.weight):
             module.__class__ = gg.ops.GGMLOps.Linear
             summary.swapped[gg.ops.GGMLOps.Linear.__name__] += 1
+    log.info("GLM-Image: %d quantized Linear layers of %s run as ComfyUI-GGUF's GGMLOps.Linear",
+             summary.swapped[gg.ops.GGMLOps.Linear.__name__], type(model).__name__)
     return summary
 
 

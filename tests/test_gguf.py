@@ -2,7 +2,8 @@
 
 ComfyUI-GGUF (city96, Apache-2.0) is not part of the pack: its source snapshot
 (../shared/vendor/comfyui-gguf-795e451.tar.gz, or GLMIMAGE_COMFYUI_GGUF_TAR) is unpacked at test time into a
-temporary folder put on sys.path, where glmimage_comfy/gguf_ops.py finds it as it finds it in custom_nodes.
+temporary folder put on sys.path, where glmimage_comfy/gguf_ops.py finds it as it finds it in custom_nodes
+(tests/integration/test_gguf_server.py: in a real server's custom_nodes, loaded by ComfyUI itself).
 
 Stated tolerances against the same tiny model loaded from its bf16 folder (the tiny DiT is built with
 attention_head_dim 32 so that its matrices are quantized at all; measured on the CPU, 32 greedy AR tokens
@@ -28,7 +29,6 @@ import importlib
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -36,30 +36,22 @@ import pytest
 import torch
 
 from glmimage_core.errors import GlmImageInputError
+from tests.comfy_harness import COMFYUI_GGUF_TARBALL, unpack_comfyui_gguf
 
 gguf = pytest.importorskip("gguf", reason="the package gguf (requirements.txt) is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
-GGUF_TAR = Path(os.environ.get("GLMIMAGE_COMFYUI_GGUF_TAR",
-                               REPO.parent / "shared" / "vendor" / "comfyui-gguf-795e451.tar.gz"))
 QTYPES = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 AR_LOGIT_LIMIT = {"q8_0": 0.2, "q5_1": 1.0, "q5_0": 1.0, "q4_1": 1.5, "q4_0": 1.5}
 DIT_PIXEL_LIMITS = {"q8_0": (0.01, 0.15), "q5_1": (0.015, 0.25), "q5_0": (0.015, 0.25), "q4_1": (0.025, 0.35),
                     "q4_0": (0.025, 0.35)}
 
 
-def unpack_comfyui_gguf(into: Path) -> Path:
-    """ComfyUI-GGUF's source unpacked into `into` (its folder ComfyUI-GGUF/); fails saying where it looked."""
-    if not GGUF_TAR.is_file():
-        pytest.fail(f"ComfyUI-GGUF's source snapshot is not at {GGUF_TAR} (set GLMIMAGE_COMFYUI_GGUF_TAR)")
-    with tarfile.open(GGUF_TAR) as tar:
-        tar.extractall(into, filter="data")
-    return next(p for p in into.iterdir() if (p / "ops.py").is_file())
-
-
 @pytest.fixture(scope="module")
 def comfyui_gguf_dir(tmp_path_factory) -> Path:
     folder = unpack_comfyui_gguf(tmp_path_factory.mktemp("gguf_pack"))
+    if folder is None:
+        pytest.fail(f"ComfyUI-GGUF's source snapshot is not at {COMFYUI_GGUF_TARBALL} (set GLMIMAGE_COMFYUI_GGUF_TAR)")
     sys.path.append(str(folder.parent))
     yield folder
     sys.path.remove(str(folder.parent))
@@ -284,3 +276,17 @@ except Exception as err:
         out.stdout + out.stderr
     assert '"ComfyUI-GGUF" by city96 with ComfyUI-Manager' in out.stdout
     assert "git clone https://github.com/city96/ComfyUI-GGUF" in out.stdout and "pip install gguf" in out.stdout
+
+
+def test_gguf_dit_as_a_native_model_samples_with_comfyuis_ksampler_as_the_core_loop_does(pk, files, dit_reference):
+    """The DiT MODEL of a GGUF file (ComfyUI's sampler, BaseModel's manual cast to the compute dtype: the stored
+    bytes are not a dtype to compute in) paints what the pack's own loop paints with the same file."""
+    bundle, prior, _ = dit_reference
+    dit = pk("glmimage_core.dit.loading").load_dit(str(files[("dit", "q8_0")]), dtype="bf16", device="cpu")
+    gguf_bundle = dataclasses.replace(bundle, dit=dit)
+    node = pk("glmimage_comfy.decoder_sampling").decode_with_comfy(gguf_bundle, prior, None, 8, 1.5, 3)
+    core = pk("glmimage_core.dit.sampling").decode_prior(gguf_bundle, prior, steps=8, guidance=1.5, seed=3)
+    assert node.shape == core.shape
+    # bf16 sampling: ComfyUI steps via x0, the core loop via the velocity (measured mean 1e-3, max 0.066)
+    diff = (node - core).abs()
+    assert diff.mean() < 0.005 and diff.max() < 0.15, (diff.mean(), diff.max())

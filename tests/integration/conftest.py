@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.comfy_harness import COMFY033_VERSION, ComfyError, ComfyServer, comfy_targets
+from tests.comfy_harness import COMFY033_VERSION, ComfyError, ComfyServer, comfy_targets, unpack_comfyui_gguf
 
 TINY_AR_NAME = "tiny-glm-image"  # an AR model alone (build_tiny_ar_model)
 FULL_MODEL_NAME = "GLM-Image"    # AR + decoder in the hub layout: the folder the example workflows name
@@ -66,6 +66,7 @@ def comfy_server(comfy_target, tmp_path_factory):
     server = ComfyServer(tmp_path_factory.mktemp(comfy_target.name), comfy_dir=comfy_target.comfy_dir,
                          python=comfy_target.python)
     (server.base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
+    unpack_comfyui_gguf(server.base / "custom_nodes")  # GGUF files load through it (test_gguf_server.py)
     server.add_model(FULL_MODEL_NAME, build_tiny_full_hub_layout)
     server.add_model(TINY_AR_NAME, build_tiny_ar_model)
     write_peft_lora(server.base / "models" / "loras", server.model_path(FULL_MODEL_NAME) / "transformer")
