@@ -290,3 +290,20 @@ def test_gguf_dit_as_a_native_model_samples_with_comfyuis_ksampler_as_the_core_l
     # bf16 sampling: ComfyUI steps via x0, the core loop via the velocity (measured mean 1e-3, max 0.066)
     diff = (node - core).abs()
     assert diff.mean() < 0.005 and diff.max() < 0.15, (diff.mean(), diff.max())
+
+
+def test_a_streamed_gguf_dit_paints_the_pixels_of_a_full_load(pk, files, dit_reference):
+    """ComfyUI's lowvram streaming (a VRAM limit below the model's size) of a GGUF DiT: the quantized layers
+    stream as they are (ComfyUI-GGUF dequantises them per forward) and the picture is the same."""
+    bundle, prior, _ = dit_reference
+    dit = pk("glmimage_core.dit.loading").load_dit(str(files[("dit", "q4_0")]), dtype="bf16", device="cpu")
+    gguf_bundle = dataclasses.replace(bundle, dit=dit)
+    sampling = pk("glmimage_comfy.decoder_sampling")
+    full = sampling.decode_with_comfy(gguf_bundle, prior, None, 4, 1.5, 3)
+    model = pk("glmimage_comfy.native_patcher").native_model(dit, lambda: None)
+    budget = model.model_size() // 5
+    streamed = sampling.decode_with_comfy(gguf_bundle, prior, None, 4, 1.5, 3, max_resident=budget)
+    assert model.loaded_size() <= budget < model.model_size()
+    gg = pk("glmimage_comfy.gguf_ops").comfyui_gguf()
+    assert sum(isinstance(m, gg.ops.GGMLOps.Linear) for m in dit.transformer.modules()) > 5
+    assert torch.equal(streamed, full)
