@@ -68,6 +68,11 @@ def list_weight_files(part: str) -> list[str]:
     return sorted(names)
 
 
+def is_weight_file(name: str) -> bool:
+    """Whether a loader's `model` choice names a single file (not a folder)."""
+    return Path(resolve_model_path(name)).is_file()
+
+
 def search_roots() -> list[Path]:
     roots: list[Path] = []
     folder_paths = _comfy_module("folder_paths")
