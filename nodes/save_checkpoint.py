@@ -3,7 +3,7 @@
 
 from ..glmimage_core.memory.host import check_interrupted, progress_bar
 from ..glmimage_core.weights import convert, formats
-from ..glmimage_core.weights.model_folders import comfy_roots, list_model_folders, resolve_model_path
+from ..glmimage_core.weights.model_folders import comfy_output_root, list_model_folders, resolve_model_path
 from .api import io
 from .inputs import NO_MODELS, require_model
 from .messages import show_message
@@ -51,10 +51,10 @@ class GLMImageSaveCheckpoint(io.ComfyNode):
         parts = list(formats.PARTS) if part == "all" else [part]
         out_dirs = {}
         for name in parts:
-            roots = comfy_roots(convert.COMFY_FOLDERS[name])
-            if not roots:
+            root = comfy_output_root(convert.COMFY_FOLDERS[name])
+            if root is None:
                 raise ValueError(f"ComfyUI has no '{convert.COMFY_FOLDERS[name]}' model folder to write to")
-            out_dirs[name] = roots[0]
+            out_dirs[name] = root
         written = convert.convert(hub, parts, out_dirs, format, convention, overwrite,
                                   lambda total, label: progress_bar(total), check_interrupted)
         text = "\n".join(str(path) for path in written)

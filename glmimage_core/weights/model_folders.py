@@ -44,6 +44,13 @@ def comfy_roots(kind: str) -> list[Path]:
         return []
 
 
+def comfy_output_root(kind: str) -> Path | None:
+    """Where a new file of `kind` goes: ComfyUI's folder of that name (0.3.75 lists the legacy unet/ before
+    diffusion_models/), else its first folder of that kind."""
+    roots = comfy_roots(kind)
+    return next((root for root in roots if root.name == kind), roots[0] if roots else None)
+
+
 def part_roots(part: str | None) -> list[Path]:
     """Where the files of `part` (every part when None) are looked for: models/glm_image/ first."""
     kinds = PART_FOLDERS.get(part, ()) if part else tuple(k for ks in PART_FOLDERS.values() for k in ks)

@@ -23,12 +23,13 @@ def choices(object_info, node: str) -> list[str]:
 
 
 def test_loaders_list_each_parts_files_beside_the_folders(object_info):
-    assert choices(object_info, "GLMImageDiTLoader") == [FULL_MODEL_NAME, "glm_image_dit_fp8_e4m3fn_comfy.safetensors"]
-    assert choices(object_info, "GLMImageVAELoader") == [FULL_MODEL_NAME, "glm_image_vae_bf16.safetensors"]
+    folders = [FULL_MODEL_NAME, "tiny-glm-image"]
+    assert choices(object_info, "GLMImageDecoderLoader") == folders
+    assert choices(object_info, "GLMImageDiTLoader") == [*folders, "glm_image_dit_fp8_e4m3fn_comfy.safetensors"]
+    assert choices(object_info, "GLMImageVAELoader") == [*folders, "glm_image_vae_bf16.safetensors"]
     text_encoders = ["glm_image_ar_fp8_e4m3fn_comfy.safetensors", "glm_image_glyph_bf16.safetensors"]
-    assert choices(object_info, "GLMImageGlyphEncoderLoader")[-2:] == text_encoders
-    assert choices(object_info, "GLMImageARLoader")[-2:] == text_encoders
-    assert choices(object_info, "GLMImageDecoderLoader") == [FULL_MODEL_NAME, "tiny-glm-image"]
+    assert choices(object_info, "GLMImageGlyphEncoderLoader") == [*folders, *text_encoders]
+    assert choices(object_info, "GLMImageARLoader") == [*folders, *text_encoders]
 
 
 def save_prompt(part: str, fmt: str, overwrite: bool = False) -> dict:
