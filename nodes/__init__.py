@@ -14,6 +14,7 @@ from .lora import GLMImageLoraLoader
 from .native_loaders import GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageVAELoader
 from .preview import GLMImagePreviewTokens
 from .prompt import GLMImagePrompt
+from .save_checkpoint import GLMImageSaveCheckpoint
 from .shape import GLMImageShape
 from .token_io import GLMImageLoadTokens, GLMImageSaveTokens
 
@@ -34,6 +35,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageConditioning,
     GLMImageScheduler,
     GLMImageLoraLoader,
+    GLMImageSaveCheckpoint,
 ]
 
 

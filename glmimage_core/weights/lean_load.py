@@ -74,7 +74,7 @@ def fill(model: torch.nn.Module, reader, name: str, dtype: torch.dtype, store: t
                     module.register_buffer("weight_scale", scale)
                 report.fp8_layers += 1
             elif store is not None and leaf == "weight" and type(module) is torch.nn.Linear and not keep(module_name):
-                tensor = cast_fp8(reader.read(key), store)
+                tensor = cast_fp8(reader.read(key, dtype), store)  # as the whole-model conversion: dtype, then fp8
                 report.fp8_layers += 1
             else:
                 wanted = torch.float32 if any(part in module_name.split(".") for part in keep_fp32) else dtype

@@ -44,6 +44,13 @@ def comfy_roots(kind: str) -> list[Path]:
         return []
 
 
+def comfy_output_root(kind: str) -> Path | None:
+    """Where a new file of `kind` goes: ComfyUI's folder of that name (0.3.75 lists the legacy unet/ before
+    diffusion_models/), else its first folder of that kind."""
+    roots = comfy_roots(kind)
+    return next((root for root in roots if root.name == kind), roots[0] if roots else None)
+
+
 def part_roots(part: str | None) -> list[Path]:
     """Where the files of `part` (every part when None) are looked for: models/glm_image/ first."""
     kinds = PART_FOLDERS.get(part, ()) if part else tuple(k for ks in PART_FOLDERS.values() for k in ks)
@@ -66,6 +73,11 @@ def list_weight_files(part: str) -> list[str]:
                 if file.lower().endswith(suffixes) and not file.startswith("."):
                     names.add((Path(folder) / file).relative_to(root).as_posix())
     return sorted(names)
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether a loader's `model` choice names a single file (not a folder)."""
+    return Path(resolve_model_path(name)).is_file()
 
 
 def search_roots() -> list[Path]:

@@ -40,6 +40,15 @@ def write_peft_lora(loras: Path, transformer: Path) -> None:
                                      lora_metadata={"transformer": {"r": 4, "lora_alpha": 8}},
                                      weight_name=PEFT_LORA_NAME)
 
+def write_single_files(hub: Path, models: Path) -> None:
+    """The fp8 single files the single-files example workflow names (and the VAE / glyph encoder in bf16), in
+    ComfyUI's folders, as `python -m glmimage_core convert --format fp8_e4m3fn` writes them."""
+    from glmimage_core.weights import convert, formats
+
+    dirs = {part: models / convert.COMFY_FOLDERS[part] for part in formats.PARTS}
+    convert.convert(hub, list(formats.PARTS), dirs, "fp8_e4m3fn", "comfy_quant")
+
+
 TARGETS = comfy_targets()
 
 
@@ -70,6 +79,7 @@ def comfy_server(comfy_target, tmp_path_factory):
     server.add_model(FULL_MODEL_NAME, build_tiny_full_hub_layout)
     server.add_model(TINY_AR_NAME, build_tiny_ar_model)
     write_peft_lora(server.base / "models" / "loras", server.model_path(FULL_MODEL_NAME) / "transformer")
+    write_single_files(server.model_path(FULL_MODEL_NAME), server.base / "models")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(server.input_dir / "example.png")
     try:
