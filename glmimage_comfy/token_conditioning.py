@@ -95,7 +95,7 @@ def _scheduled(model_patcher, dit: DiTModel, height: int, width: int):
 
 def _encode(vae, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """One source image at 32 px per source token, through the ComfyUI VAE: raw latents [1, C, h, w] on the CPU."""
-    # The decode steps' source pixels (images.source_pixels), in ComfyUI's IMAGE layout: the VAE maps 0..1
+    # The denoising steps' source pixels (images.source_pixels), in ComfyUI's IMAGE layout: the VAE maps 0..1
     # to -1..1 itself.
     pixels = source_pixels(image, grid).unsqueeze(0)
     return vae.encode(pixels).float().cpu()

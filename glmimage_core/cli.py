@@ -1,10 +1,9 @@
 """Command line: sample GLM-Image tokens (and optionally decode them) without ComfyUI.
 
-    python -m glmimage_core demo --out output/demo
     python -m glmimage_core generate --model models/glm_image/GLM-Image --prompt "a red fox" --width 1024 --height 1024
     python -m glmimage_core convert --model models/glm_image/GLM-Image --models-dir models --format fp8_e4m3fn
 
-Without --model a tiny random demo model is built on the spot (no download),
+`python -m glmimage_core.demo` runs the same steps on a tiny random model built on the spot (no download),
 which proves the pipeline runs but draws noise.
 """
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -100,53 +98,23 @@ def run_one(ar_path: str, prompt: str, out_dir: Path, name: str, shape: GridShap
         decoder = load_decoder(decoder_path, dtype=dtype, device=device)
         sources = [s.pixels for s in inputs.sources]
         pixels = decode_prior(decoder, prior, steps=steps, guidance=guidance, seed=seed,
-                              source_images=sources or None, progress=_PrintProgress(steps, "decode steps"))
+                              source_images=sources or None, progress=_PrintProgress(steps, "denoising steps"))
         written["image"] = _save_png(pixels[0], out_dir / f"{name}.png")
     for kind, path in written.items():
         print(f"[{name}] wrote {kind}: {path}")
     return written
 
 
-def _demo(args) -> int:
-    from .demo.models import build_tiny_ar_model
-
-    out = Path(args.out)
-    with tempfile.TemporaryDirectory(prefix="glmimage-demo-") as tmp:
-        print("Building a tiny GLM-Image model with RANDOM weights (no download): the pipeline runs for "
-              "real, the pictures are noise. Use --model for the real weights.")
-        if args.decode:
-            from .demo.decoder import build_tiny_full_hub_layout
-
-            model = str(build_tiny_full_hub_layout(Path(tmp) / "tiny-glm-image"))
-        else:
-            model = str(build_tiny_ar_model(Path(tmp) / "tiny-glm-image"))
-        decoder = model if args.decode else None
-        t2i = run_one(model, 'A poster that says "GLM" <sop>8 6<eop>', out, "text_to_image", None, [],
-                      args.seed, "fp32", "auto", decoder, args.steps, args.guidance)
-        source = _load_image(str(t2i.get("image", t2i["preview"])))
-        run_one(model, "Make the sky purple", out, "image_to_image", None, [source], args.seed, "fp32", "auto",
-                decoder, args.steps, args.guidance)
-    return 0
-
-
 def _generate(args) -> int:
     images = [_load_image(p) for p in args.image]
-    model = args.model
-    with tempfile.TemporaryDirectory(prefix="glmimage-demo-") as tmp:
-        if not model:
-            from .demo.decoder import build_tiny_full_hub_layout
-
-            print("No --model: using a tiny GLM-Image model with RANDOM weights built on the spot (no "
-                  "download); the output is noise.")
-            model = str(build_tiny_full_hub_layout(Path(tmp) / "tiny-glm-image"))
-        decoder = (args.decoder or model) if args.decode else None
-        run_one(model, args.prompt, Path(args.out), args.name, _shape(args), images, args.seed, args.dtype,
-                args.device, decoder, args.steps, args.guidance)
+    decoder = (args.decoder or args.model) if args.decode else None
+    run_one(args.model, args.prompt, Path(args.out), args.name, _shape(args), images, args.seed, args.dtype,
+            args.device, decoder, args.steps, args.guidance)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m glmimage_core", description=__doc__,
+def build_parser(prog: str = "python -m glmimage_core") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -158,13 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=50, help="decoder steps")
         p.add_argument("--guidance", type=float, default=1.5, help="decoder guidance scale")
 
-    demo = sub.add_parser("demo", help="text-to-image then image-to-image with a tiny random model")
-    common(demo)
-    demo.set_defaults(func=_demo, steps=4)
-
     gen = sub.add_parser("generate", help="one prompt, optional source images")
     common(gen)
-    gen.add_argument("--model", help="GLM-Image folder (hub layout or plain transformers); default: tiny demo")
+    gen.add_argument("--model", required=True,
+                     help="GLM-Image folder (hub layout or plain transformers); a tiny random model: "
+                          "python -m glmimage_core.demo")
     gen.add_argument("--decoder", help="decoder folder, if not the --model folder")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--image", action="append", default=[], help="source image for image-to-image (repeatable)")

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .memory import vram_plan
 from .errors import GlmImageInputError
 from .images import SourceImage
 from .shapes import PIXELS_PER_TOKEN, GridShape
 
 __all__ = ["ARModel", "DecoderBundle", "DiTModel", "GeneratedTokens", "GlmImageInputs", "GlyphEncoder", "GridShape",
-           "LatentStats", "PriorTokens", "SourceImage", "VAEModel", "d16_ids", "latent_stats_of",
+           "Inventory", "LatentStats", "PriorTokens", "SourceImage", "VAEModel", "d16_ids", "latent_stats_of",
            "upsample_d32_to_d16"]
 
 
@@ -41,6 +40,21 @@ def upsample_d32_to_d16(grid: torch.Tensor) -> torch.Tensor:
 def d16_ids(grids: torch.Tensor) -> torch.Tensor:
     """d32 grids [N, H, W] (or one [H, W]) -> the DiT's d16 prior ids, one row per grid: [N (or 1), 4*H*W]."""
     return upsample_d32_to_d16(grids).reshape(grids.shape[0] if grids.dim() == 3 else 1, -1)
+
+
+@dataclass
+class Inventory:
+    """A model's parameters by kind, independent of where they live (counted by `memory.vram_plan.inventory`;
+    the VRAM plan prices them per weight option)."""
+
+    linear_numel: dict[str, int] = field(default_factory=dict)  # Linear weights by kind (see `classify`)
+    other_bytes: int = 0  # everything else (norms, biases, convs, embeddings, buffers) at its own dtype
+    host_bytes: int = 0  # embeddings kept in host RAM
+    dtype_bytes: int = 2  # element size the Linear weights have at the model's dtype
+
+    @property
+    def total_numel_bytes(self) -> int:
+        return sum(self.linear_numel.values()) * self.dtype_bytes + self.other_bytes + self.host_bytes
 
 
 @dataclass
@@ -117,8 +131,8 @@ class ARModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Submodules that must sit on the device even when ComfyUI streams the rest (read without a forward).
     pinned: list[str] = field(default_factory=list)
-    #: Parameter counts by kind, for the VRAM plan (vram_plan.Inventory).
-    inventory: vram_plan.Inventory | None = None
+    #: Parameter counts by kind, for the VRAM plan (Inventory).
+    inventory: Inventory | None = None
     #: Whether the text embedding table stays in RAM (inside ComfyUI: cast_layers.HostEmbedding).
     embeddings_on_host: bool = False
     #: (batch, total length) shapes speed=compiled has compiled for (transformers keeps the compiled step).
@@ -221,7 +235,7 @@ class DiTModel:
     latent_stats: LatentStats
     vae_scale_factor: int
     weight_dtype: str = "default"
-    inventory: vram_plan.Inventory | None = None
+    inventory: Inventory | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -290,7 +304,7 @@ class DecoderBundle:
     #: bundle (`dataclasses.replace`: same parts, same lock) with its own limit.
     vram_limit: int | None = None
 
-    # The parts as plain modules (what the decode steps and the tests read).
+    # The parts as plain modules (what the denoising steps and the tests read).
     @property
     def transformer(self) -> torch.nn.Module:
         return self.dit.transformer

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GLMIMAGE_SETUP_MAIN_ONLY=1 bash scripts/setup_env.sh  # the demo needs no second ComfyUI
-exec .venv/bin/python -m glmimage_core demo --out output/demo "$@"
+exec .venv/bin/python -m glmimage_core.demo --out output/demo "$@"

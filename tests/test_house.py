@@ -47,3 +47,70 @@ def test_weight_dtype_is_turned_into_a_dtype_in_one_place():
              for path in (REPO / folder).rglob("*.py")
              if "resolve_weight_dtype(" in path.read_text(encoding="utf-8") and path.name != "cast_layers.py"]
     assert not users, users
+
+
+# --- Issue 17: rooms by stage -------------------------------------------------------------------------------------
+
+PRODUCT = ("glmimage_core", "glmimage_comfy", "nodes")
+BUILDERS = "glmimage_core/demo"  # tiny / real-size random models for tests, benchmarks and the demo
+
+
+def python_files(*folders: str) -> list[Path]:
+    return [path for folder in folders for path in sorted((REPO / folder).rglob("*.py"))]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute dotted names (under the pack, without its own name) that `path` imports, relative imports resolved."""
+    import ast
+
+    rel = path.relative_to(REPO).with_suffix("")
+    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_builders_room_is_imported_by_no_product_module():
+    users = [str(path.relative_to(REPO)) for path in python_files(*PRODUCT)
+             if not str(path.relative_to(REPO)).startswith(BUILDERS)
+             and any(name == "glmimage_core.demo" or name.startswith("glmimage_core.demo.")
+                     for name in imported_modules(path))]
+    assert not users, f"product modules importing the test/bench model builders ({BUILDERS}/): {users}"
+
+
+def test_payloads_import_no_behaviour_module():
+    """What travels between nodes is data: payloads.py imports only what every stage shares (errors, shapes,
+    images, dtypes), never a stage's behaviour (the VRAM plan, loading, generation, sampling, ComfyUI)."""
+    shared = {"glmimage_core.errors", "glmimage_core.shapes", "glmimage_core.images", "glmimage_core.dtypes"}
+    ours = {name for name in imported_modules(REPO / "glmimage_core" / "payloads.py")
+            if name.split(".")[0] in PRODUCT and name != "glmimage_core"}
+    behaviour = sorted(name for name in ours if name not in shared and name.rsplit(".", 1)[0] not in shared)
+    assert not behaviour, f"payloads.py imports behaviour modules: {behaviour}"
+
+
+def test_no_two_files_share_a_name_across_layers():
+    """The engine, the native ComfyUI models and the nodes each name their files for their own job: a name used
+    at two layers (conditioning.py, token_files.py before 0.2.1) makes a newcomer open the wrong one."""
+    layers = {folder: {path.name for path in python_files(folder) if path.name not in ("__init__.py", "__main__.py")}
+              for folder in PRODUCT}
+    clashes = {name: [folder for folder in PRODUCT if name in layers[folder]]
+               for name in set().union(*layers.values())}
+    clashes = {name: where for name, where in clashes.items() if len(where) > 1}
+    assert not clashes, f"file names used at two layers: {clashes}"
+
+
+def test_the_engine_is_in_rooms_by_stage():
+    """glmimage_core/'s root holds only what every stage shares; each stage's modules live in its room."""
+    root = sorted(path.name for path in (REPO / "glmimage_core").glob("*.py"))
+    assert root == ["__init__.py", "__main__.py", "cli.py", "dtypes.py", "errors.py", "images.py", "payloads.py",
+                    "shapes.py"], root
+    rooms = sorted(path.name for path in (REPO / "glmimage_core").iterdir()
+                   if path.is_dir() and (path / "__init__.py").is_file())
+    assert rooms == ["ar", "demo", "dit", "memory", "tokens", "weights"], rooms

@@ -1,15 +1,15 @@
-"""Decode steps that torch.compile can capture whole: GLM-Image's positions and embeddings looked up outside.
+"""AR steps that torch.compile can capture whole: GLM-Image's positions and embeddings looked up outside.
 
 With a static KV cache, transformers compiles the model's forward for the
-decode steps. Two things in GLM-Image's forward stop that from being one graph:
+AR steps (one forward per sampled token). Two things in GLM-Image's forward stop that from being one graph:
 
-- the 3D (mrope) position ids of a decode step are sliced out of a cached table
+- the 3D (mrope) position ids of an AR step are sliced out of a cached table
   at `past_key_values.get_seq_length() - prefill_len`, a host-side integer
   (a graph break and a device sync per token);
 - inside ComfyUI the text embedding table stays in RAM (`HostEmbedding`), which a
   CUDA graph cannot read.
 
-`graph_friendly_decode` wraps the model's `prepare_inputs_for_generation` for
+`graph_friendly_ar_steps` wraps the model's `prepare_inputs_for_generation` for
 one `generate` call: after the prefill (which runs eagerly and fills the table),
 each step's position ids are taken from the table with a Python integer known
 before the call (the number of ids so far) and the step's embedding rows are
@@ -26,8 +26,8 @@ from typing import Iterator
 import torch
 
 
-class DecodeTimes:
-    """When the first decode steps started: the first compiled call includes the compilation."""
+class ARStepTimes:
+    """When the first AR steps started: the first compiled call includes the compilation."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
@@ -41,10 +41,10 @@ class DecodeTimes:
 
 
 @contextmanager
-def graph_friendly_decode(model: torch.nn.Module) -> Iterator[DecodeTimes]:
+def graph_friendly_ar_steps(model: torch.nn.Module) -> Iterator[ARStepTimes]:
     inner = model.model
     original = model.prepare_inputs_for_generation
-    times = DecodeTimes()
+    times = ARStepTimes()
 
     def prepare(input_ids: torch.Tensor, *args, **kwargs):
         inputs = original(input_ids, *args, **kwargs)

@@ -20,7 +20,7 @@ from .seeded_batch import PerSampleSampler, derived_seeds, expand_inputs, sampli
 from ..errors import GlmImageInputError
 from ..memory import vram_plan
 from .residency import ar_needs, ar_on_device, ar_residency
-from .compiled_step import DecodeTimes, graph_friendly_decode
+from .compiled_step import ARStepTimes, graph_friendly_ar_steps
 from ..payloads import ARModel, GeneratedTokens, GlmImageInputs
 from ..memory.host import Progress, check_interrupted, preview_size, progress_bar
 from ..tokens.grid_preview import LiveGridPreview, model_palette
@@ -131,7 +131,7 @@ def _has_triton() -> bool:
 def speed_kwargs(speed: str, device: torch.device, compile_config=None) -> tuple[dict, str | None]:
     """generate() options for a speed choice, and a note when the choice cannot apply here.
 
-    compiled = a static KV cache sized from the shape + torch.compile of the decoding step
+    compiled = a static KV cache sized from the shape + torch.compile of the AR step
     (mode reduce-overhead: CUDA graphs). transformers keeps the compiled step on the model and
     reuses it while the cache size (prompt + shape) stays the same. "static" (static cache,
     no compile) exists for tests: it is the compiled path minus the compiler. A given
@@ -159,7 +159,7 @@ def speed_kwargs(speed: str, device: torch.device, compile_config=None) -> tuple
             "compile_config": CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")}, None
 
 
-def _compile_note(ar: ARModel, shape: torch.Size, times: DecodeTimes) -> str:
+def _compile_note(ar: ARModel, shape: torch.Size, times: ARStepTimes) -> str:
     """speed=compiled: whether this (batch, length) compiled now (and for how long) or reused a compiled step."""
     key = (int(shape[0]), int(shape[1]))
     if key in ar.compiled_shapes:
@@ -220,7 +220,7 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
             devices = [device] if device.type == "cuda" else []
             static = extra.get("cache_implementation") == "static"
             with torch.random.fork_rng(devices=devices), \
-                    (graph_friendly_decode(ar.model) if static else nullcontext()) as decode_times:
+                    (graph_friendly_ar_steps(ar.model) if static else nullcontext()) as step_times:
                 torch.manual_seed(seed)
                 if device.type == "cuda":
                     torch.cuda.manual_seed(seed)
@@ -229,7 +229,7 @@ def generate_tokens(ar: ARModel, inputs: GlmImageInputs, seed: int = 0,
                     stopping_criteria=[hook], **kwargs, **extra)
             hook.finish()
         if "compile_config" in extra:
-            notes.append(_compile_note(ar, out.shape, decode_times))
+            notes.append(_compile_note(ar, out.shape, step_times))
     return GeneratedTokens(
         sequences=out[:, inputs.input_length:].to("cpu"), shape=inputs.shape, mode=inputs.mode,
         prompt=inputs.prompt, seeds=seeds, codebook_size=ar.codebook_size, image_end_id=ar.image_end_id,

@@ -22,10 +22,12 @@ GB here means 2**30 bytes, the unit GPU makers' "24 GB" cards are sized in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+
+from ..payloads import Inventory
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -50,20 +52,6 @@ def name_matches(name: str, parts: Iterable[str]) -> bool:
     """Whether a dotted module name contains one of `parts` as a whole path component (or dotted run)."""
     dotted = f".{name}."
     return any(f".{part}." in dotted for part in parts)
-
-
-@dataclass
-class Inventory:
-    """A model's parameters by kind, independent of where they live."""
-
-    linear_numel: dict[str, int] = field(default_factory=dict)  # Linear weights by kind (see `classify`)
-    other_bytes: int = 0  # everything else (norms, biases, convs, embeddings, buffers) at its own dtype
-    host_bytes: int = 0  # embeddings kept in host RAM
-    dtype_bytes: int = 2  # element size the Linear weights have at the model's dtype
-
-    @property
-    def total_numel_bytes(self) -> int:
-        return sum(self.linear_numel.values()) * self.dtype_bytes + self.other_bytes + self.host_bytes
 
 
 def inventory(model: torch.nn.Module, classify: Callable[[str], str], dtype: torch.dtype,

@@ -31,6 +31,8 @@ _ID_DTYPE, _ID_BYTES = "I64", 8
 
 
 def save_prior(prior: PriorTokens, path: str | Path) -> Path:
+    """Write `prior` as a token file (.safetensors: the grids, the source grids, and mode/prompt/seeds/size in
+    its metadata) and return its path; the folder is made if needed."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -137,6 +139,8 @@ def is_token_file(path: str | Path) -> bool:
 
 
 def load_prior(path: str | Path) -> PriorTokens:
+    """Read a token file written by `save_prior`; its size, header and metadata are checked before any tensor is
+    read, so a wrong file (a model's weights, say) costs a few bytes and a clear message."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 

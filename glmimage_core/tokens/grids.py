@@ -15,6 +15,10 @@ from ..payloads import GeneratedTokens, PriorTokens
 
 
 def extract_prior(tokens: GeneratedTokens) -> PriorTokens:
+    """The grid(s) the decoder is conditioned on, one per picture, from the AR model's sampled ids.
+
+    Skips text-to-image's preview grid; raises `GlmImageInputError` (naming the picture and its seed) when
+    generation ended early or put a non-codebook id inside a grid."""
     shape, mode = tokens.shape, tokens.mode
     offset = shape.grid_offset(mode)
     needed = offset + shape.num_tokens
