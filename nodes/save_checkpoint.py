@@ -20,10 +20,10 @@ class GLMImageSaveCheckpoint(io.ComfyNode):
             node_id="GLMImageSaveCheckpoint",
             display_name="Save GLM-Image checkpoint",
             category=CATEGORY,
-            description="Converts the zai-org/GLM-Image hub folder into one .safetensors file per part, in "
-                        "ComfyUI's model folders (DiT -> diffusion_models/, AR model and glyph encoder -> "
-                        "text_encoders/, VAE -> vae/), bf16 or fp8; the loaders then list the files. Progress "
-                        "on the node; cancel leaves no half-written file.",
+            description="Converts the zai-org/GLM-Image hub folder into one file per part, in ComfyUI's "
+                        "model folders (DiT -> diffusion_models/, AR model and glyph encoder -> text_encoders/, "
+                        "VAE -> vae/), bf16 or fp8 .safetensors, or GGUF for the AR model and the DiT; the "
+                        "loaders then list the files. Progress on the node; cancel leaves no half-written file.",
             inputs=[
                 io.Combo.Input("model", options=list_model_folders() or [NO_MODELS],
                                tooltip="The hub folder under models/glm_image/ to convert (the zai-org/GLM-Image "
@@ -34,7 +34,9 @@ class GLMImageSaveCheckpoint(io.ComfyNode):
                 io.Combo.Input("format", options=[*convert.FORMATS, *formats.WRITERS], default="fp8_e4m3fn",
                                tooltip="bf16 = the weights as published (one file per part); fp8_e4m3fn / fp8_e5m2 "
                                        "= the AR model's and the DiT's Linear weights in 8 bits with a scale each "
-                                       "(half the size; the VAE and glyph encoder stay bf16)."),
+                                       "(half the size; the VAE and glyph encoder stay bf16); gguf_q8_0 ... "
+                                       "gguf_q4_0 = .gguf files of the AR model and the DiT (8 to 4.5 bits per "
+                                       "weight; loading them needs the ComfyUI-GGUF node pack)."),
                 io.Combo.Input("convention", options=CONVENTION_CHOICES, default="comfy_quant",
                                tooltip="fp8 file layout: comfy_quant = ComfyUI 0.33's per-layer format; scaled_fp8 "
                                        "= the older form. The pack reads both on any ComfyUI."),

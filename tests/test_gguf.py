@@ -105,6 +105,21 @@ def test_convert_writes_gguf_for_the_ar_model_and_the_dit_and_bf16_for_the_rest(
     assert not list(tmp_path.rglob(".*partial*")) and not list(tmp_path.rglob(".*.part"))
 
 
+def test_a_cancelled_gguf_conversion_leaves_no_file(hub, tmp_path):
+    from glmimage_core.weights import convert
+
+    calls = []
+
+    def cancel() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        convert.convert(hub, ["ar"], {"ar": tmp_path}, "gguf_q8_0", check_cancel=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_only_big_linear_weights_are_quantized_the_rest_keeps_its_precision(files):
     from glmimage_core.weights import gguf_files
 

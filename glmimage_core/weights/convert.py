@@ -138,7 +138,7 @@ def convert_part(hub: str | Path, part: str, out_dir: str | Path, fmt: str = "bf
 
         temp = target.parent / f".{target.name}.partial"
         try:
-            formats.WRITERS[fmt](plan, temp, progress_for)
+            formats.WRITERS[fmt](plan, temp, progress_for, check_cancel=check_cancel)
             _publish(temp, target, overwrite)
         except BaseException:
             temp.unlink(missing_ok=True)

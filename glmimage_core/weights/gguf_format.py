@@ -8,8 +8,9 @@
   the tensor source (`set_tensor_source`): ComfyUI-GGUF's loader, whose quantized tensors stay quantized
   (`GGMLTensor`) for its `GGMLOps` layers. Without it (the command line, plain Python) every tensor is
   dequantised once by the `gguf` package to the compute dtype: correct, but as big as a bf16 model in RAM.
-- Writers ``gguf_q8_0``, ``gguf_q5_1``, ``gguf_q5_0``, ``gguf_q4_1``, ``gguf_q4_0`` for `convert` (the AR model and
-  the DiT; a VAE or glyph encoder asked for in GGUF is written in bf16 safetensors, as for fp8).
+- Writers ``gguf_q8_0``, ``gguf_q5_1``, ``gguf_q5_0``, ``gguf_q4_1``, ``gguf_q4_0`` for `convert` and the "Save
+  GLM-Image checkpoint" node (the AR model and the DiT; a VAE or glyph encoder asked for in GGUF is written in
+  bf16 safetensors, as for fp8), with its progress bar and its cancel.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class GgufReader:
 def write_for(qtype: str) -> Callable:
     """The `convert` writer of one GGUF type: `(plan, target, progress_for)`, AR model and DiT only."""
 
-    def write(plan, target: Path, progress_for=None) -> None:
+    def write(plan, target: Path, progress_for=None, check_cancel: Callable[[], None] | None = None) -> None:
         if plan.part not in gguf_files.ARCHITECTURES:
             raise GlmImageInputError(f"GGUF holds the AR model and the DiT; the {formats.PART_NAMES[plan.part]} "
                                      "is written in bf16 safetensors")
@@ -125,9 +126,16 @@ def write_for(qtype: str) -> Callable:
                 info = reader.info(key)
                 shapes[key] = (tuple(info.shape), {"BF16": torch.bfloat16, "F16": torch.float16}.get(
                     info.dtype, torch.float32))
-            progress = progress_for(len(shapes), plan.part) if progress_for else None
+            bar = progress_for(len(shapes), plan.part) if progress_for else None
+
+            def progress(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.update(1)
+                if check_cancel is not None:
+                    check_cancel()  # raises: write_gguf removes its temporary file, convert the partial one
+
             gguf_files.write_gguf(target, plan.part, shapes, reader.read, qtype, linear, metadata, overwrite=True,
-                                  progress=(lambda done, total: progress.update(1)) if progress else None)
+                                  progress=progress)
 
     return write
 
