@@ -142,6 +142,11 @@ def read_state_dict(path: str | os.PathLike, part: str) -> dict:
 def plain(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """A GGUF tensor kept in F32 / F16 / BF16, dequantised (or cast) by ComfyUI-GGUF to `dtype`, plain."""
     gg = comfyui_gguf()
+    if getattr(getattr(tensor, "tensor_type", None), "name", None) == "BF16":
+        # The stored bits are the bf16 values: one copy out of the mapped file, instead of ComfyUI-GGUF's
+        # int32 / float32 round trip (4x the tensor in anonymous memory for the 128 MB prior-token table).
+        value = tensor.as_subclass(torch.Tensor).view(torch.bfloat16).reshape(tensor.tensor_shape)
+        return value.clone() if dtype in (None, torch.bfloat16) else value.to(dtype)
     value = gg.dequant.dequantize_tensor(tensor, dtype or torch.float32)
     if isinstance(value, gg.ops.GGMLTensor):
         value = value.as_subclass(torch.Tensor)

@@ -322,3 +322,25 @@ def test_a_streamed_gguf_dit_paints_the_pixels_of_a_full_load(pk, files, dit_ref
     gg = pk("glmimage_comfy.gguf_ops").comfyui_gguf()
     assert sum(isinstance(m, gg.ops.GGMLOps.Linear) for m in dit.transformer.modules()) > 5
     assert torch.equal(streamed, full)
+
+
+def test_tensors_kept_in_bf16_arrive_as_their_exact_values(pk, tmp_path):
+    """A bf16 checkpoint's embeddings and kept layers are stored as GGUF BF16 (the bits as they are) and come out
+    of ComfyUI-GGUF's loader as the same bf16 values, in memory of their own."""
+    from glmimage_core.weights import gguf_files
+
+    values = torch.randn(64, 40, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    plan = gguf_files.TensorPlan("prior_token_embedding.weight", (64, 40), gguf.GGMLQuantizationType.BF16, (64, 40))
+    writer = gguf.GGUFWriter(tmp_path / "bf16.gguf", arch=gguf_files.ARCHITECTURES["dit"])
+    writer.add_tensor(plan.name, gguf_files.encode(values, plan), raw_dtype=gguf.GGMLQuantizationType.BF16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ops = pk("glmimage_comfy.gguf_ops")
+    stored = ops.read_state_dict(tmp_path / "bf16.gguf", "dit")[plan.name]
+    for dtype in (torch.bfloat16, torch.float32):
+        out = ops.plain(stored, dtype)
+        assert out.dtype == dtype and type(out) is torch.Tensor and torch.equal(out, values.to(dtype))
+    assert ops.plain(stored, torch.bfloat16).untyped_storage().data_ptr() != stored.untyped_storage().data_ptr()
+    assert torch.equal(gguf_files.dequantized(tmp_path / "bf16.gguf")[plan.name], values.float())
