@@ -192,7 +192,7 @@ def test_a_gguf_file_of_another_model_is_refused_by_its_architecture(tmp_path):
 def test_a_gguf_file_keeps_its_quantization(files):
     from glmimage_core.dit.loading import load_dit
 
-    with pytest.raises(GlmImageInputError, match="is GGUF \\(Q8_0\\) and is kept so; choose weight_dtype default"):
+    with pytest.raises(GlmImageInputError, match="is stored as gguf:Q8_0 and is kept so; choose weight_dtype default"):
         load_dit(str(files[("dit", "q8_0")]), dtype="bf16", device="cpu", weight_dtype="fp8_e4m3fn")
 
 

@@ -31,8 +31,10 @@ Plugging in a container (how the GGUF reader joins; this interface stays as it i
         inspect=inspect_gguf,    # (path: Path) -> WeightSource(container="gguf", storage="gguf:Q8_0", ...);
                                  # raise formats.Foreign(path, "a Flux DiT (GGUF)") for another model's file
         open=open_gguf))         # (source: WeightSource) -> TensorReader (see tensor_reader.TensorReader)
-    formats.register_layers("gguf", make_layers)   # (model, operations) -> cast_layers.CastSummary: gives the
-                                 # leaves their layer classes once lean_load assigned the tensors read (GGMLOps)
+    formats.register_layers("gguf", make_layers)   # (model, comfy_ops) -> cast_layers.CastSummary: gives the
+                                 # leaves their layer classes once the tensors read are assigned (GGMLOps);
+                                 # part_loading.lean_model calls it right after filling, before the loader's
+                                 # prepare_* (make_castable leaves layers that are already comfy.ops alone)
     formats.register_writer("gguf_q8_0", write)    # convert.py's hook: (plan: convert.PartPlan, target: Path,
                                  # progress_for) -> None; writes `target` (a temp name in the final folder;
                                  # convert publishes it); progress_for(total, part) -> bar with .update(n)
@@ -62,6 +64,8 @@ META_VERSION, META_PART, META_CONFIG, META_FILES, META_STORAGE = (
 FORMAT_VERSION = "1"
 PLAIN_STORAGE = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}
 FP8_STORAGE = {"F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
+#: Storages kept as they are, never rounded to a `weight_dtype` (the loaders accept only `default` for them).
+NON_FP8_STORED = ("gguf",)
 
 
 @dataclass(frozen=True)

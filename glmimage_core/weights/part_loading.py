@@ -43,8 +43,10 @@ def lean_model(source: formats.WeightSource, part: str, dtype: torch.dtype, stor
         quant = quant_layers(reader, source.convention) if source.storage.startswith("fp8") else None
         report = fill(model, reader, source.describe(), dtype, store, keep, quant, keep_fp32, progress)
     hook = formats.layer_hook(source.storage)
-    if hook is not None:  # e.g. GGUF: quantized Linear weights get ComfyUI-GGUF's GGMLOps.Linear
-        hook(model, None)
+    if hook is not None:  # e.g. GGUF: its layer classes, before the loader's prepare (which leaves them alone)
+        from ..memory.comfy_memory import comfy_ops
+
+        hook(model, comfy_ops())
     if report.unexpected:
         raise GlmImageInputError(f"{source.describe()} has {len(report.unexpected)} tensor(s) GLM-Image's "
                                  f"{formats.PART_NAMES[part]} does not, e.g. {report.unexpected[:3]}: another "
@@ -81,12 +83,12 @@ def file_json(source: formats.WeightSource, name: str) -> dict:
 
 
 def file_weight_dtype(source: formats.WeightSource, weight_dtype: str) -> str:
-    """The `weight_dtype` a source's weights are kept in: an fp8 file's own; plain files follow the input; a GGUF
-    file keeps its quantization ("default": its other tensors in the compute dtype)."""
-    if source.storage.startswith("gguf"):
+    """The `weight_dtype` a source's weights are kept in: an fp8 file's own; plain files follow the input; other
+    storages (GGUF) keep their own and take `default` only."""
+    if source.storage.startswith(formats.NON_FP8_STORED):
         if weight_dtype != "default":
-            raise GlmImageInputError(f"weight_dtype {weight_dtype}: {source.path.name!r} is GGUF "
-                                     f"({source.storage[5:]}) and is kept so; choose weight_dtype default")
+            raise GlmImageInputError(f"weight_dtype {weight_dtype}: {source.path.name!r} is stored as "
+                                     f"{source.storage} and is kept so; choose weight_dtype default")
         return "default"
     if not source.storage.startswith("fp8"):
         return weight_dtype
