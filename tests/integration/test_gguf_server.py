@@ -40,6 +40,10 @@ def gguf_files(comfy_server) -> dict:
 def test_ksampler_workflow_runs_on_gguf_files_through_comfyui_gguf(comfy_server, gguf_files):
     info = comfy_server.object_info()
     assert "UnetLoaderGGUF" in info, "ComfyUI-GGUF did not load in the test server:\n" + comfy_server.log_tail()
+    for class_type, part in (("GLMImageARLoader", "ar"), ("GLMImageDiTLoader", "dit")):
+        spec = info[class_type]["input"]["required"]["model"]
+        options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+        assert gguf_files[part] in options, (class_type, options)  # the loaders list .gguf files
     combo = next(n for n in ("ConvertStringToComboNode", "LinkTestStringToCombo") if n in info)
     prompt = workflow_to_api_prompt(json.loads(WORKFLOW.read_text()), info)
     for node in prompt.values():
