@@ -293,18 +293,21 @@ except Exception as err:
     assert "git clone https://github.com/city96/ComfyUI-GGUF" in out.stdout and "pip install gguf" in out.stdout
 
 
-def test_gguf_dit_as_a_native_model_samples_with_comfyuis_ksampler_as_the_core_loop_does(pk, files, dit_reference):
-    """The DiT MODEL of a GGUF file (ComfyUI's sampler, BaseModel's manual cast to the compute dtype: the stored
-    bytes are not a dtype to compute in) paints what the pack's own loop paints with the same file."""
+def test_gguf_dit_as_a_native_model_samples_with_comfyuis_ksampler_within_tolerance_of_bf16(pk, files,
+                                                                                         dit_reference):
+    """The DiT MODEL of a GGUF file through ComfyUI's sampler (BaseModel's manual cast to the compute dtype: the
+    stored bytes are not a dtype to compute in) against the bf16 folder's MODEL through the same sampler:
+    measured mean 0.003, max 0.06 for Q8_0, on ComfyUI 0.3.75 and 0.33.0 alike. (The sampler path is compared
+    with the bf16 sampler path, not with the core loop: on ComfyUI 0.33.0 the two differ in bf16 already.)"""
     bundle, prior, _ = dit_reference
     dit = pk("glmimage_core.dit.loading").load_dit(str(files[("dit", "q8_0")]), dtype="bf16", device="cpu")
-    gguf_bundle = dataclasses.replace(bundle, dit=dit)
-    node = pk("glmimage_comfy.decoder_sampling").decode_with_comfy(gguf_bundle, prior, None, 8, 1.5, 3)
-    core = pk("glmimage_core.dit.sampling").decode_prior(gguf_bundle, prior, steps=8, guidance=1.5, seed=3)
-    assert node.shape == core.shape
-    # bf16 sampling: ComfyUI steps via x0, the core loop via the velocity (measured mean 1e-3, max 0.066)
-    diff = (node - core).abs()
-    assert diff.mean() < 0.005 and diff.max() < 0.15, (diff.mean(), diff.max())
+    sampling = pk("glmimage_comfy.decoder_sampling")
+    ours = sampling.decode_with_comfy(dataclasses.replace(bundle, dit=dit), prior, None, 8, 1.5, 3)
+    reference = sampling.decode_with_comfy(bundle, prior, None, 8, 1.5, 3)
+    assert ours.shape == reference.shape
+    diff = (ours - reference).abs()
+    assert 0 < diff.mean() <= DIT_PIXEL_LIMITS["q8_0"][0] and diff.max() <= DIT_PIXEL_LIMITS["q8_0"][1], \
+        (diff.mean(), diff.max())
 
 
 def test_a_streamed_gguf_dit_paints_the_pixels_of_a_full_load(pk, files, dit_reference):
