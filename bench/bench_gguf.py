@@ -161,7 +161,8 @@ def measure_loading(files: dict, comfy_dir: Path, gguf_parent: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="1-layer models and a small vocabulary (CI)")
-    parser.add_argument("--sizes-only", action="store_true")
+    parser.add_argument("--sizes-only", action="store_true", help="the download sizes only (no weights built)")
+    parser.add_argument("--out", help="where the JSON goes (default bench/results/gguf.json)")
     args = parser.parse_args()
     quiet_libraries()
     results: dict = {"machine": machine(), "download_bytes": download_sizes()}
@@ -187,7 +188,7 @@ def main() -> int:
             goal = 1.15 * row["kept"] + 1.5e9
             print(f"| {name} (cut) | {row['file'] / GIB:.2f} GiB | {row['kept'] / GIB:.2f} GiB | {row['seconds']:.1f} | "
                   f"{row['peak_rss'] / GIB:.2f} GiB | {row['peak_anon'] / GIB:.2f} GiB | {row['peak_rss'] / goal:.2f} |")
-    out = REPO / "bench" / "results" / ("gguf_tiny.json" if args.tiny else "gguf.json")
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / ("gguf_tiny.json" if args.tiny else "gguf.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     return 0
