@@ -347,3 +347,24 @@ def test_tensors_kept_in_bf16_arrive_as_their_exact_values(pk, tmp_path):
         assert out.dtype == dtype and type(out) is torch.Tensor and torch.equal(out, values.to(dtype))
     assert ops.plain(stored, torch.bfloat16).untyped_storage().data_ptr() != stored.untyped_storage().data_ptr()
     assert torch.equal(gguf_files.dequantized(tmp_path / "bf16.gguf")[plan.name], values.float())
+
+
+def test_rows_that_are_not_whole_blocks_are_stored_in_comfyui_ggufs_orig_shape_convention(pk, tmp_path):
+    """A (64, 16) weight (the tiny DiT's width: 16 is not a multiple of the 32-wide blocks) is quantized as rows of
+    one block with its torch shape in `comfy.gguf.orig_shape.<name>`; ComfyUI-GGUF reads it back in that shape,
+    its values the gguf package's own."""
+    from glmimage_core.weights import gguf_files
+
+    weight = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)) * 0.1
+    plans = gguf_files.write_gguf(tmp_path / "narrow.gguf", "dit", {"proj.weight": ((64, 16), torch.float32)},
+                                  {"proj.weight": weight}.__getitem__, "Q4_0", {"proj.weight"})
+    assert plans[0].reshaped and plans[0].stored_shape == (32, 32)
+    reference = gguf_files.dequantized(tmp_path / "narrow.gguf")["proj.weight"]
+    q = gguf.GGMLQuantizationType.Q4_0
+    expected = gguf.quants.dequantize(gguf.quants.quantize(weight.numpy().reshape(32, 32), q), q).reshape(64, 16)
+    assert torch.equal(reference, torch.from_numpy(np.array(expected)))
+    ops = pk("glmimage_comfy.gguf_ops")
+    stored = ops.read_state_dict(tmp_path / "narrow.gguf", "dit")["proj.weight"]
+    assert tuple(stored.shape) == (64, 16)
+    ours = ops.comfyui_gguf().dequant.dequantize_tensor(stored, torch.float32, torch.float32)
+    assert torch.equal(ours.as_subclass(torch.Tensor), reference)

@@ -47,7 +47,12 @@ MIN_QUANT_ELEMENTS = 1024
 ARCHITECTURES = {"ar": "glm_image_ar", "dit": "glm_image_dit"}
 #: Linear layers that keep their precision, per part (the same ones the fp8 option keeps).
 KEEP_LINEARS = {"ar": vram_plan.AR_FP8_KEEP, "dit": vram_plan.DIT_FP8_KEEP}
-ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
+
+
+def orig_shape_key(name: str) -> str:
+    """The metadata key of a reshaped tensor's torch shape: ComfyUI-GGUF's convention (its loader reads it)."""
+    return f"comfy.gguf.orig_shape.{name}"
+
 _KEPT = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
@@ -162,7 +167,7 @@ def write_gguf(path: str | os.PathLike, part: str, shapes: Mapping[str, tuple[tu
             writer.add_string(key, str(value))
         for plan in plans:
             if plan.reshaped:
-                writer.add_array(ORIG_SHAPE_KEY + plan.name, [int(dim) for dim in plan.shape])
+                writer.add_array(orig_shape_key(plan.name), [int(dim) for dim in plan.shape])
             byte_shape = gguf.quants.quant_shape_to_byte_shape(plan.stored_shape, plan.qtype)
             writer.add_tensor_info(plan.name, byte_shape, np.dtype(np.uint8), plan.nbytes, raw_dtype=plan.qtype)
         writer.write_header_to_file()
@@ -206,14 +211,12 @@ def dequantized(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     float32 and its torch shape: the reference the tests hold ComfyUI-GGUF's dequantisation to."""
     gguf = _gguf()
     reader = gguf.GGUFReader(path)
-    shapes = {}
-    for key, field in reader.fields.items():
-        if key.startswith(ORIG_SHAPE_KEY):
-            shapes[key[len(ORIG_SHAPE_KEY):]] = tuple(int(field.parts[i][0]) for i in field.data)
     out = {}
     for tensor in reader.tensors:
         values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
-        shape = shapes.get(tensor.name, tuple(int(v) for v in reversed(tensor.shape)))
+        field = reader.get_field(orig_shape_key(tensor.name))
+        shape = tuple(int(field.parts[i][0]) for i in field.data) if field is not None else \
+            tuple(int(v) for v in reversed(tensor.shape))
         out[tensor.name] = torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)
     return out
 
