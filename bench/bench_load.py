@@ -9,7 +9,7 @@ each (model, format) is loaded in a process of its own, inside ComfyUI's model m
 layers), with the page cache of its files dropped first, measuring:
 
 - peak RSS while loading (resident set, file pages included: what a mapping of the file holds), sampled every
-  5 ms and as the kernel's own high-water mark (ru_maxrss), and the RSS before loading (Python, torch, ComfyUI);
+  5 ms and as the kernel's own high-water mark (VmHWM), and the RSS before loading (Python, torch, ComfyUI);
 - peak anonymous memory (RssAnon: tensors the process allocated);
 - seconds from the file to the model ready for ComfyUI;
 - what is kept: the bytes of the loaded model's parameters and buffers;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -173,7 +172,9 @@ def measure(model: str, case: str, work: Path) -> dict:
         if id(tensor) not in seen:
             seen.add(id(tensor))
             kept += tensor.numel() * tensor.element_size()
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The kernel's high-water mark of this process's memory map (VmHWM; ru_maxrss would carry the parent's
+    # peak across exec).
+    maxrss = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
     return {"model": model, "case": case, "seconds": seconds, "kept_bytes": kept,
             "rss_before": before["VmRSS"], "anon_before": before["RssAnon"],
             "peak_rss": max(sampler.peak["VmRSS"], maxrss), "peak_rss_sampled": sampler.peak["VmRSS"],

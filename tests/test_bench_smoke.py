@@ -36,6 +36,17 @@ def test_bench_memory_reports_every_option_and_card(tmp_path):
     assert 0 < result["cast_layer_cost"]["ar_cast_vs_plain"] < 10
 
 
+def test_bench_load_measures_every_format_in_its_own_process(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_load.py"), "--tiny", "--work",
+                           str(tmp_path / "work"), "--out", str(tmp_path / "load.json")],
+                          capture_output=True, text=True, timeout=900, cwd=REPO / "bench")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert len(result["rows"]) == 12 and {r["model"] for r in result["rows"]} == {"dit", "ar"}
+    for row in result["rows"]:
+        assert row["seconds"] > 0 and row["kept_bytes"] > 0 and row["peak_rss"] >= row["peak_anon"] > 0
+
+
 def test_bench_gguf_sizes_at_the_published_dimensions(tmp_path):
     """The README's GGUF download sizes come from this table: exact for the pack's plan, so a change to which
     tensors are quantized shows here."""

@@ -183,11 +183,13 @@ def convert_part(hub: str | Path, part: str, out_dir: str | Path, fmt: str = "bf
 def convert(hub: str | Path, parts: list[str], out_dirs: dict[str, Path], fmt: str = "bf16",
             convention: str | None = "comfy_quant", overwrite: bool = False, progress_for=None,
             check_cancel=None) -> list[Path]:
-    """Every part in `parts` to `out_dirs[part]`; stops before writing anything when a target exists, except the
-    VAE's and glyph encoder's bf16 files, which every format shares: an existing one is kept as it is."""
+    """Every part in `parts` to `out_dirs[part]`; stops before writing anything when a target exists, except,
+    when several parts are asked for, the VAE's and glyph encoder's bf16 files, which every format shares: an
+    existing one is kept as it is."""
     plans = [(part, Path(out_dirs[part]) / default_name(part, fmt, plan_part(hub, part, fmt, convention).convention))
              for part in parts]
-    shared = lambda part, target: part not in _FP8_KEEP and target.exists() and not overwrite  # noqa: E731
+    shared = lambda part, target: (len(parts) > 1 and part not in _FP8_KEEP  # noqa: E731
+                                   and target.exists() and not overwrite)
     for part, target in plans:
         if not shared(part, target):
             check_target(target, overwrite)
