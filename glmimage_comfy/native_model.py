@@ -148,9 +148,10 @@ class GlmImageDiffusionModel(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The storage dtype of the block weights (fp8 with weight_dtype fp8), as ComfyUI's own models report."""
-        block = self.transformer.transformer_blocks[0].ff.net[2]
-        return block.weight.dtype
+        """The storage dtype of the block weights (fp8 with weight_dtype fp8), as ComfyUI's own models report;
+        the compute dtype when they are GGUF blocks (bytes that ComfyUI-GGUF's layers dequantise)."""
+        weight = self.transformer.transformer_blocks[0].ff.net[2].weight
+        return weight.dtype if weight.is_floating_point() else self.compute_dtype
 
     def clear_source_kv(self) -> None:
         self._source_kv.clear()
