@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--ar-layers", type=int, default=4)
     parser.add_argument("--work", default=str(REPO / ".cache" / "bench_load"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "load.json"))
+    parser.add_argument("--only", choices=list(CASES), help="one model's rows only (the CI smoke run: dit)")
     parser.add_argument("--measure", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
@@ -225,6 +226,8 @@ def main() -> None:
     prepare(work, args.dit_layers, args.ar_layers, args.tiny)
     rows = []
     for model, cases in CASES.items():
+        if args.only and model != args.only:
+            continue
         for case in cases:
             done = subprocess.run([sys.executable, __file__, "--work", str(work), "--measure", model, case],
                                   capture_output=True, text=True, cwd=REPO / "bench")
