@@ -144,6 +144,7 @@ class GlmImageDiffusionModel(torch.nn.Module):
         self.transformer = dit.transformer
         self.pixel_scale = dit.vae_scale_factor
         self.latent_stats = dit.latent_stats
+        self.compute_dtype = dit.dtype
         self._source_kv: dict[int, tuple[SourceImages, SourceKV]] = {}
 
     @property
