@@ -37,7 +37,11 @@ COMBO_SOURCES = ["ConvertStringToComboNode", "LinkTestStringToCombo"]  # ComfyUI
 SINK = "PreviewAny"
 # Cheaper values for the CPU test server, applied to every base graph (and so to the linked runs too).
 FAST = {"GLMImageShape": {"width": 128, "height": 96, "tag": "<sop>3 4<eop>"}, "GLMImageDecode": {"steps": 2}}
-SAVE_COUNTER = re.compile(r"_\d{5}_")  # Save tokens numbers its files: two runs never write the same name
+SAVE_COUNTER = re.compile(r"_\d{5}_")
+#: Combo values a node built from its defaults takes instead of the first choice: the shared test server's
+#: models/loras holds the AR model's test LoRA (tests/integration/test_ar_lora_server.py) beside the DiT's.
+PREFERRED = {("GLMImageLoraLoader", "lora_name"): lambda choice: "glm_ar_test_lora" not in choice,
+             ("GLMImageARLoraLoader", "lora_name"): lambda choice: "glm_ar_test_lora" in choice}  # Save tokens numbers its files: two runs never write the same name
 
 
 def pack_nodes(object_info: dict) -> list[str]:
@@ -100,7 +104,9 @@ def base_graph(class_type: str, object_info: dict, examples: list[dict]) -> tupl
         optional = name in (info["input"].get("optional") or {})
         if is_widget(kind, options):
             choices = kind if isinstance(kind, list) else options.get("options")
-            inputs[name] = options.get("default", choices[0] if choices else None)
+            wanted = PREFERRED.get((class_type, name), lambda choice: True)
+            first = next((choice for choice in choices or [] if wanted(choice)), choices[0] if choices else None)
+            inputs[name] = options.get("default", first)
         elif not optional:
             producer = next(((pid, prompt) for prompt in examples for pid, node in prompt.items()
                              if kind in object_info[node["class_type"]]["output"]), None)
