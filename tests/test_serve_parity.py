@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from glmimage_core.ar.remote import RemoteSampling, generate_tokens_remote
-from glmimage_core.errors import GlmImageServerError
 from glmimage_core.ar.generation import SamplingSettings, generate_tokens
 from glmimage_core.ar.chat_prompt import prepare_inputs
 from glmimage_core.shapes import GridShape
@@ -68,16 +67,6 @@ def test_text_to_image_at_a_non_square_size_equals_the_local_node(ar, ar_server)
     assert_same(ar, inputs, remote)
 
 
-# KNOWN GAP (vLLM-Omni 0.30.0 on this CPU worker): an image-to-image request is prefilled up to the source
-# picture's placeholders, then the scheduler never schedules the picture's encoder input, and the request
-# waits forever (the engine core steps without running the model; seen with AsyncOmni directly too, without
-# the pack's HTTP front). strict: the day it works, these tests say so (XPASS fails) and the mark goes.
-I2I_GAP = pytest.mark.xfail(strict=True, raises=GlmImageServerError,
-                            reason="vLLM-Omni 0.30.0 on the CPU never schedules the source picture's encoder "
-                                   "input: the request stalls (see the comment above)")
-
-
-@I2I_GAP
 @pytest.mark.parametrize("sources", [1, 2])
 def test_image_to_image_equals_the_local_node_sources_included(ar, ar_server, sources):
     inputs = _inputs(ar, "make it blue", GridShape(3, 5), sources=sources)
