@@ -85,6 +85,30 @@ def test_four_pictures_per_run_are_four_requests_equal_to_the_local_batch(ar, ar
     assert extract_prior(remote).batch_size == 4
 
 
+def test_image_to_image_four_pictures_per_run_beside_a_text_request_each_gets_its_own_sources(ar, ar_server):
+    """4 requests with the same two sources, sent together while a text-to-image request runs: every request
+    is prefilled in the same engine steps, so the server must hand each its own pictures' ids (not one
+    picture per request of the step, not a shared encoder output) and none to the text request."""
+    import threading
+
+    inputs = _inputs(ar, "make it blue", GridShape(3, 5), sources=2)
+    text = _inputs(ar, "a lighthouse at dusk", GridShape(4, 4))
+    beside: dict = {}
+    thread = threading.Thread(target=lambda: beside.update(
+        t2i=generate_tokens_remote(ar_server.url, text, seed=1, sampling=GREEDY)))
+    thread.start()
+    remote = generate_tokens_remote(ar_server.url, inputs, seed=21, sampling=GREEDY, images=4, read_timeout=30)
+    thread.join(60)
+    local = generate_tokens(ar, inputs, seed=21, sampling=SamplingSettings(do_sample=False), images=4)
+    assert torch.equal(remote.sequences, local.sequences)
+    assert len(remote.source_grids) == 2
+    for mine, theirs in zip(remote.source_grids, local.source_grids):
+        assert torch.equal(mine, theirs)
+    assert beside["t2i"].source_grids == [] and beside["t2i"].mode == "t2i"
+    assert torch.equal(beside["t2i"].sequences,
+                       generate_tokens(ar, text, seed=1, sampling=SamplingSettings(do_sample=False)).sequences)
+
+
 def test_seeded_sampling_repeats_and_other_seeds_differ(ar, ar_server):
     inputs = _inputs(ar, "a forest", GridShape(4, 4))
     sampling = RemoteSampling(do_sample=True, temperature=1.5, top_p=1.0, top_k=0)

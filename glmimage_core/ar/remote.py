@@ -264,10 +264,14 @@ def _payload(runs: list[_Run], inputs: GlmImageInputs, info: dict, with_logprobs
         logprobs = torch.full((len(runs), length), float("nan"), dtype=torch.float64)
         for i, run in enumerate(runs):
             logprobs[i, :len(run.logprobs)] = torch.tensor(run.logprobs, dtype=torch.float64)
+    grids = [_source_grids(run.sources or [], inputs) for run in runs]  # each request reports the same sources
+    if any(len(g) != len(grids[0]) or not all(torch.equal(a, b) for a, b in zip(g, grids[0])) for g in grids):
+        raise GlmImageServerError("the AR server returned different source-image ids for the same source images "
+                                  "in one run: is it an older glmimage_serve?")
     return GeneratedTokens(
         sequences=rows, shape=inputs.shape, mode=inputs.mode, prompt=inputs.prompt, seeds=[r.seed for r in runs],
         codebook_size=int(info["codebook_size"]), image_end_id=end_id,
-        source_grids=_source_grids(runs[0].sources or [], inputs), logprobs=logprobs,
+        source_grids=grids[0], logprobs=logprobs,
         notes=[f"AR server: {info.get('model')!r} on {info.get('engine')}, {len(runs)} request(s)."])
 
 
