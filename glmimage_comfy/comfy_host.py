@@ -280,9 +280,13 @@ class ComfyHost:
 
     # folders
     def model_folders(self, name: str) -> list[str]:
+        """ComfyUI's folders of kind `name` (none for a kind this ComfyUI does not know)."""
         if name == FOLDER_NAME:
             register_comfy_folder()
-        return list(folder_paths.get_folder_paths(name))
+        try:
+            return list(folder_paths.get_folder_paths(name))
+        except KeyError:
+            return []
 
     def token_folders(self) -> dict[str, str]:
         return {"input": folder_paths.get_input_directory(), "output": folder_paths.get_output_directory(),

@@ -144,13 +144,15 @@ class GlmImageDiffusionModel(torch.nn.Module):
         self.transformer = dit.transformer
         self.pixel_scale = dit.vae_scale_factor
         self.latent_stats = dit.latent_stats
+        self.compute_dtype = dit.dtype
         self._source_kv: dict[int, tuple[SourceImages, SourceKV]] = {}
 
     @property
     def dtype(self) -> torch.dtype:
-        """The storage dtype of the block weights (fp8 with weight_dtype fp8), as ComfyUI's own models report."""
-        block = self.transformer.transformer_blocks[0].ff.net[2]
-        return block.weight.dtype
+        """The storage dtype of the block weights (fp8 with weight_dtype fp8), as ComfyUI's own models report;
+        the compute dtype when they are GGUF blocks (bytes that ComfyUI-GGUF's layers dequantise)."""
+        weight = self.transformer.transformer_blocks[0].ff.net[2].weight
+        return weight.dtype if weight.is_floating_point() else self.compute_dtype
 
     def clear_source_kv(self) -> None:
         self._source_kv.clear()

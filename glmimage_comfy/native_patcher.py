@@ -66,8 +66,9 @@ def native_model(dit: DiTModel, preview_factors=None):
 
 def _new_patcher(dit: DiTModel, preview_factors, disable_dynamic: bool = False):
     fmt = GlmImageLatentFormat(dit.latent_stats, preview_factors)
+    stored_apart = not dit.weight_dtype.is_default or any(not p.is_floating_point() for p in dit.transformer.parameters())
     config = GlmImageModelConfig(fmt, glm_shift(dit, DEFAULT_SIZE_PX, DEFAULT_SIZE_PX),
-                                 None if dit.weight_dtype.is_default else dit.dtype)
+                                 dit.dtype if stored_apart else None)  # fp8 or GGUF: cast to the compute dtype
     model = GlmImageModel(config, dit, device=comfy.model_management.get_torch_device())
     patcher = new_patcher(model, dit.device, comfy.model_management.unet_offload_device(), disable_dynamic)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, _clear_source_kv)

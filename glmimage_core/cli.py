@@ -1,6 +1,7 @@
 """Command line: sample GLM-Image tokens (and optionally decode them) without ComfyUI.
 
     python -m glmimage_core generate --model models/glm_image/GLM-Image --prompt "a red fox" --width 1024 --height 1024
+    python -m glmimage_core convert --model models/glm_image/GLM-Image --models-dir models --format fp8_e4m3fn
 
 `python -m glmimage_core.demo` runs the same steps on a tiny random model built on the spot (no download),
 which proves the pipeline runs but draws noise.
@@ -140,6 +141,10 @@ def build_parser(prog: str = "python -m glmimage_core") -> argparse.ArgumentPars
     gen.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
     gen.add_argument("--name", default="glm_image", help="file name stem")
     gen.set_defaults(func=_generate)
+
+    from .weights.convert_cli import add_parser
+
+    add_parser(sub)
     return parser
 
 

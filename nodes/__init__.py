@@ -17,6 +17,7 @@ from .lora import GLMImageLoraLoader
 from .native_loaders import GLMImageDiTLoader, GLMImageGlyphEncoderLoader, GLMImageVAELoader
 from .preview import GLMImagePreviewTokens
 from .prompt import GLMImagePrompt
+from .save_checkpoint import GLMImageSaveCheckpoint
 from .shape import GLMImageShape
 from .token_io import GLMImageLoadTokens, GLMImageSaveTokens
 
@@ -40,6 +41,7 @@ NODES: list[type[io.ComfyNode]] = [
     GLMImageScheduler,
     GLMImageLoraLoader,
     GLMImageARLoraLoader,
+    GLMImageSaveCheckpoint,
 ]
 
 

@@ -17,10 +17,12 @@ class GLMImageARLoader(io.ComfyNode):
             description="Loads GLM-Image's autoregressive model (GlmImageForConditionalGeneration, ~9B) and its "
                         "processor from a folder under models/glm_image/. Loaded once and reused by later runs.",
             inputs=[
-                io.Combo.Input("model", options=model_choices(),
+                io.Combo.Input("model", options=model_choices("ar"),
                                tooltip="A folder under models/glm_image/: the hub's zai-org/GLM-Image download "
                                        "(model_index.json, vision_language_encoder/, processor/) or a plain "
-                                       "transformers folder (config.json + tokenizer files)."),
+                                       "transformers folder (config.json + tokenizer files). Or one AR model file "
+                                       "(bf16 or fp8, tokenizer and chat template inside) from text_encoders/ or "
+                                       "models/glm_image/."),
                 io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="Weight precision. auto = the checkpoint's own (bf16 for the hub weights; "
                                        "fp16 on GPUs without bf16). fp32 doubles the memory.", **ADVANCED),

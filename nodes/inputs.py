@@ -7,27 +7,36 @@ from ..glmimage_core.payloads import DecoderBundle
 from ..glmimage_core.weights.cast_layers import WEIGHT_DTYPE_CHOICES
 from ..glmimage_core.dtypes import DTYPE_CHOICES
 from ..glmimage_core.images import split_batch
-from ..glmimage_core.weights.model_folders import list_model_folders
+from ..glmimage_core.weights.model_folders import list_model_folders, list_weight_files
 from ..glmimage_core.memory.host import DEVICE_CHOICES
 from .api import ADVANCED, io
 
 NO_MODELS = "(no models in models/glm_image)"
 
 
-def model_choices() -> list[str]:
-    """The folders under models/glm_image/, or a placeholder that says where to put them."""
-    return list_model_folders() or [NO_MODELS]
+def model_choices(part: str | None = None) -> list[str]:
+    """The folders under models/glm_image/, then `part`'s single files (models/glm_image/ and its ComfyUI
+    folder: diffusion_models/, vae/, text_encoders/), or a placeholder that says where to put them."""
+    return list_model_folders() + (list_weight_files(part) if part else []) or [NO_MODELS]
 
 
 def require_model(model: str) -> str:
     if model == NO_MODELS:
-        raise ValueError("model: no model folder found in models/glm_image/. Download zai-org/GLM-Image "
-                         "into models/glm_image/GLM-Image and refresh the page.")
+        raise ValueError("model: no model folder found in models/glm_image/ and no GLM-Image file in ComfyUI's "
+                         "model folders. Download zai-org/GLM-Image into models/glm_image/GLM-Image (or the "
+                         "single files, README 'Weights') and refresh the page.")
     return model
 
 
 MODEL_TOOLTIP = ("A folder under models/glm_image/ in the hub layout of zai-org/GLM-Image (transformer/, vae/, "
                  "text_encoder/, tokenizer/, scheduler/).")
+_FILE_PLACES = {"dit": "diffusion_models/", "vae": "vae/", "glyph": "text_encoders/", "ar": "text_encoders/"}
+
+
+def model_tooltip(part: str) -> str:
+    """The model input's tooltip on a loader that also takes `part`'s single file."""
+    return (f"{MODEL_TOOLTIP} Or one GLM-Image file of this part (bf16 or fp8, made by 'Save GLM-Image checkpoint' "
+            f"or 'python -m glmimage_core convert') from {_FILE_PLACES[part]} or models/glm_image/.")
 WEIGHT_DTYPE_TOOLTIP = ("How the DiT's weights are stored: default = the dtype above (bf16: ~12.9 GB); fp8_e4m3fn / "
                         "fp8_e5m2 = 8-bit storage (~6.5 GB), computed in the dtype above, slightly different "
                         "pictures (ComfyUI's own weight_dtype option).")

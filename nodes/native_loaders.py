@@ -2,11 +2,12 @@
 VAE (stock VAE Decode / Encode / Decode (Tiled)) and the glyph encoder for 'GLM-Image conditioning'."""
 
 from ..glmimage_core.dit import loading as decoder_loading
+from ..glmimage_core.weights.model_folders import is_weight_file as dit_file
 from ..glmimage_comfy.decoder_sampling import describe_dit
 from ..glmimage_comfy.native_patcher import native_model, with_vram_limit
 from ..glmimage_comfy.vae import comfy_vae, preview_factors
 from .api import io
-from .inputs import (MODEL_TOOLTIP, device_input, dit_weight_dtype_input, dtype_input, model_choices, require_model,
+from .inputs import (device_input, dit_weight_dtype_input, dtype_input, model_choices, model_tooltip, require_model,
                      vram_limit_bytes, vram_limit_input)
 from .messages import show_message
 from .sockets import CATEGORY, GlmImageGlyph
@@ -22,7 +23,7 @@ class GLMImageDiTLoader(io.ComfyNode):
             description="Loads GLM-Image's diffusion transformer as a native ComfyUI MODEL: use it with KSampler, "
                         "LoRA loaders and model patches. Condition it with 'GLM-Image conditioning'.",
             inputs=[
-                io.Combo.Input("model", options=model_choices(), tooltip=MODEL_TOOLTIP),
+                io.Combo.Input("model", options=model_choices("dit"), tooltip=model_tooltip("dit")),
                 dit_weight_dtype_input(),
                 vram_limit_input(),
                 dtype_input(),
@@ -40,7 +41,8 @@ class GLMImageDiTLoader(io.ComfyNode):
         folder = require_model(model)
         dit = decoder_loading.load_dit(folder, dtype=dtype, device=device, weight_dtype=weight_dtype)
         vae_model = lambda: decoder_loading.load_vae(folder, dtype=dtype, device=device)  # noqa: E731
-        patcher = with_vram_limit(native_model(dit, lambda: preview_factors(vae_model())),
+        factors = None if dit_file(folder) else lambda: preview_factors(vae_model())  # a file has no VAE beside
+        patcher = with_vram_limit(native_model(dit, factors),
                                   vram_limit_bytes(vram_limit_gb))
         memory = describe_dit(dit)
         show_message(memory)
@@ -56,7 +58,7 @@ class GLMImageVAELoader(io.ComfyNode):
             category=CATEGORY,
             description="Loads GLM-Image's VAE as a ComfyUI VAE: stock 'VAE Decode', 'VAE Decode (Tiled)' and "
                         "'VAE Encode' work with it.",
-            inputs=[io.Combo.Input("model", options=model_choices(), tooltip=MODEL_TOOLTIP), dtype_input(),
+            inputs=[io.Combo.Input("model", options=model_choices("vae"), tooltip=model_tooltip("vae")), dtype_input(),
                     device_input()],
             outputs=[io.Vae.Output("vae", display_name="VAE", tooltip="GLM-Image's VAE (16 latent channels).")],
         )
@@ -75,8 +77,8 @@ class GLMImageGlyphEncoderLoader(io.ComfyNode):
             category=CATEGORY,
             description="Loads the ByT5 glyph encoder that turns the quoted text of a prompt into lettering "
                         "for GLM-Image's DiT.",
-            inputs=[io.Combo.Input("model", options=model_choices(), tooltip=MODEL_TOOLTIP), dtype_input(),
-                    device_input()],
+            inputs=[io.Combo.Input("model", options=model_choices("glyph"), tooltip=model_tooltip("glyph")),
+                    dtype_input(), device_input()],
             outputs=[GlmImageGlyph.Output("glyph_encoder", display_name="glyph encoder",
                                           tooltip="For 'GLM-Image conditioning'.")],
         )

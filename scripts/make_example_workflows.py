@@ -49,8 +49,13 @@ ROW2_Y = 560
 PROMPT_INPUTS = [AR, ("shape", "GLMIMAGE_SHAPE"), ("image", "IMAGE"), ("image_2", "IMAGE")]
 
 
-def ar_loader(w):
-    return w.node("GLMImageARLoader", (0, 0), ["GLM-Image", "auto", "auto", "sdpa", "none", "default"],
+#: The single files `python -m glmimage_core convert --format fp8_e4m3fn` writes (README "Weights").
+FILES = {"ar": "glm_image_ar_fp8_e4m3fn_comfy.safetensors", "dit": "glm_image_dit_fp8_e4m3fn_comfy.safetensors",
+         "vae": "glm_image_vae_bf16.safetensors", "glyph": "glm_image_glyph_bf16.safetensors"}
+
+
+def ar_loader(w, model="GLM-Image"):
+    return w.node("GLMImageARLoader", (0, 0), [model, "auto", "auto", "sdpa", "none", "default"],
                   outputs=[AR_OUT, ("memory", "STRING")], size=(320, 200))
 
 
@@ -105,6 +110,42 @@ def decoder(w, ext, prompt_text, x, y, name, images=None, seed=0):
         w.link(images, 0, dec, "source_image")
     save = w.node("SaveImage", (x + 720, y), [name], inputs=[("images", "IMAGE")], size=(400, 400))
     w.link(dec, 0, save, "images")
+
+def ksampler_workflow(out, names, stem, text):
+    """Tokens -> GLM-Image conditioning -> KSampler -> VAE Decode, the DiT / VAE / glyph encoder as native models
+    loaded from `names` (the hub folder's name for each, or each part's single file)."""
+    w = WF()
+    ar = ar_loader(w, names["ar"])
+    prompt = sized_prompt(w, ar, ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], text)
+    ext = chain(w, ar, prompt, 780, 0, 3, stem)
+    dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 400), [names["dit"], "default", 0.0, "auto", "auto"],
+                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 180))
+    glyph = w.node("GLMImageGlyphEncoderLoader", (0, SIDE_Y + 700), [names["glyph"], "auto", "auto"],
+                   outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
+    vae = w.node("GLMImageVAELoader", (0, SIDE_Y + 850), [names["vae"], "auto", "auto"], outputs=[("VAE", "VAE")],
+                 size=(320, 110))
+    cond = w.node("GLMImageConditioning", (780, ROW2_Y), [""],
+                  inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
+                          ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
+                  outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                           ("LATENT", "LATENT")], size=(320, 220))
+    w.link(dit, 0, cond, "model")
+    w.link(glyph, 0, cond, "glyph_encoder")
+    w.link(ext, 0, cond, "prior")
+    ks = w.node("KSampler", (1140, ROW2_Y), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                        ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
+    for slot, name in enumerate(("model", "positive", "negative")):
+        w.link(cond, slot, ks, name)
+    w.link(cond, 3, ks, "latent_image")
+    dec = w.node("VAEDecode", (1500, ROW2_Y), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")], size=(220, 60))
+    w.link(ks, 0, dec, "samples")
+    w.link(vae, 0, dec, "vae")
+    save = w.node("SaveImage", (1760, ROW2_Y), [stem], inputs=[("images", "IMAGE")], size=(400, 400))
+    w.link(dec, 0, save, "images")
+    w.dump(out / f"{stem}.json")
+
 
 out = Path(sys.argv[1])
 # text to image
@@ -162,36 +203,9 @@ if DECODE:
     w.dump(out / "glm_image_tokens_roundtrip.json")
 
     # the DiT as a native MODEL: tokens -> conditioning -> KSampler -> VAE Decode
-    w = WF()
-    ar = ar_loader(w)
-    text = 'A street cafe at night, a neon sign that says "KSampler"'
-    prompt = sized_prompt(w, ar, ["pixels", 1024, 1024, 32, 32, "<sop>32 32<eop>"], text)
-    ext = chain(w, ar, prompt, 780, 0, 3, "glm_image_ksampler")
-    dit = w.node("GLMImageDiTLoader", (0, SIDE_Y + 400), ["GLM-Image", "default", 0.0, "auto", "auto"],
-                 outputs=[("MODEL", "MODEL"), ("memory", "STRING")], size=(320, 180))
-    glyph = w.node("GLMImageGlyphEncoderLoader", (0, SIDE_Y + 700), ["GLM-Image", "auto", "auto"],
-                   outputs=[("glyph encoder", "GLMIMAGE_GLYPH")], size=(320, 110))
-    vae = w.node("GLMImageVAELoader", (0, SIDE_Y + 850), ["GLM-Image", "auto", "auto"], outputs=[("VAE", "VAE")],
-                 size=(320, 110))
-    cond = w.node("GLMImageConditioning", (780, ROW2_Y), [""],
-                  inputs=[("model", "MODEL"), ("glyph_encoder", "GLMIMAGE_GLYPH"), ("prior", "GLMIMAGE_PRIOR"),
-                          ("vae", "VAE"), ("source_image", "IMAGE"), ("source_image_2", "IMAGE")],
-                  outputs=[("MODEL", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                           ("LATENT", "LATENT")], size=(320, 220))
-    w.link(dit, 0, cond, "model")
-    w.link(glyph, 0, cond, "glyph_encoder")
-    w.link(ext, 0, cond, "prior")
-    ks = w.node("KSampler", (1140, ROW2_Y), [3, "fixed", 50, 1.5, "euler", "simple", 1.0],
-                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                        ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 270))
-    for slot, name in enumerate(("model", "positive", "negative")):
-        w.link(cond, slot, ks, name)
-    w.link(cond, 3, ks, "latent_image")
-    dec = w.node("VAEDecode", (1500, ROW2_Y), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
-                 outputs=[("IMAGE", "IMAGE")], size=(220, 60))
-    w.link(ks, 0, dec, "samples")
-    w.link(vae, 0, dec, "vae")
-    save = w.node("SaveImage", (1760, ROW2_Y), ["glm_image_ksampler"], inputs=[("images", "IMAGE")], size=(400, 400))
-    w.link(dec, 0, save, "images")
-    w.dump(out / "glm_image_ksampler.json")
+    ksampler_workflow(out, dict.fromkeys(FILES, "GLM-Image"), "glm_image_ksampler",
+                      'A street cafe at night, a neon sign that says "KSampler"')
+    # the same from one file per part (fp8 AR model and DiT): what 8-16 GB cards load
+    ksampler_workflow(out, FILES, "glm_image_single_files",
+                      'A bakery window at dawn, a chalkboard that says "FRESH"')
 print("written")

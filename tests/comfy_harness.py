@@ -49,6 +49,10 @@ COMFY033_DIR = REPO / ".cache" / f"comfyui-{COMFY033_VERSION}"
 COMFY033_PYTHON = REPO / ".venv-comfy033" / "bin" / "python"
 COMFY033_TARBALL = Path(os.environ.get("GLMIMAGE_COMFY033_TARBALL",
                                        REPO.parent / "shared" / "vendor" / f"comfyui-{COMFY033_VERSION}.tar.gz"))
+#: city96/ComfyUI-GGUF (Apache-2.0) at commit 795e451: unpacked into the test server's custom_nodes (and onto
+#: sys.path for in-process tests) so GGUF files load through it as users' do; never shipped with the pack.
+COMFYUI_GGUF_TARBALL = Path(os.environ.get("GLMIMAGE_COMFYUI_GGUF_TAR",
+                                           REPO.parent / "shared" / "vendor" / "comfyui-gguf-795e451.tar.gz"))
 PACK_NAME = "ComfyUI-GLM-Image"
 MODEL_FOLDER = "glm_image"  # models/glm_image, the folder the pack registers with ComfyUI
 SETUP_HINT = "run `bash scripts/setup_env.sh` (or set GLMIMAGE_COMFYUI_DIR to a ComfyUI tree)"
@@ -145,6 +149,18 @@ def comfy_targets() -> list[ComfyTarget]:
         missing = comfy033_missing_reason()
     targets.append(ComfyTarget(f"comfyui-{COMFY033_VERSION}", COMFY033_DIR, str(COMFY033_PYTHON), missing))
     return targets
+
+
+def unpack_comfyui_gguf(into: Path) -> Path | None:
+    """ComfyUI-GGUF's source unpacked into `into` (as `into`/ComfyUI-GGUF/), or None without its snapshot."""
+    import tarfile
+
+    if not COMFYUI_GGUF_TARBALL.is_file():
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(COMFYUI_GGUF_TARBALL) as tar:
+        tar.extractall(into, filter="data")
+    return next((p for p in into.iterdir() if (p / "ops.py").is_file() and (p / "loader.py").is_file()), None)
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""The GPU benchmarks run at tiny sizes on the CPU, so they cannot rot between the runs on a GPU machine.
+"""The GPU benchmarks run at tiny sizes on the CPU, so they cannot rot between the runs on a GPU machine (and the
+GGUF size table is checked).
 
 Only that they run and report every figure is checked here; their numbers are meaningless on a CPU."""
 
@@ -44,3 +45,27 @@ def test_bench_seam_compares_the_pack_with_plain_generate_on_both_hosts(tmp_path
         assert row["tokens"]["pack"] == row["tokens"]["raw generate"] > 0  # same seed, same tokens
         assert len(row["seconds"]["pack"]) == len(row["seconds"]["raw generate"]) == row["rounds"] == 2
         assert row["ratio"] > 0 and row["ratio_of_fastest"] > 0 and row["cpu_ratio"] > 0
+
+
+def test_bench_load_measures_every_format_in_its_own_process(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_load.py"), "--tiny", "--only", "dit", "--work",
+                           str(tmp_path / "work"), "--out", str(tmp_path / "load.json")],
+                          capture_output=True, text=True, timeout=900, cwd=REPO / "bench")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert len(result["rows"]) == 6 and {r["model"] for r in result["rows"]} == {"dit"}  # the AR rows: same code
+    for row in result["rows"]:
+        assert row["seconds"] > 0 and row["kept_bytes"] > 0 and row["peak_rss"] >= row["peak_anon"] > 0
+
+
+def test_bench_gguf_sizes_at_the_published_dimensions(tmp_path):
+    """The README's GGUF download sizes come from this table: exact for the pack's plan, so a change to which
+    tensors are quantized shows here."""
+    out = tmp_path / "gguf.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gguf.py"), "--sizes-only", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sizes = json.loads(out.read_text())["download_bytes"]
+    gib = {part: {k: round(v / 2**30, 2) for k, v in row.items()} for part, row in sizes.items()}
+    assert gib["dit"] == {"BF16": 12.9, "Q8_0": 6.93, "Q5_1": 4.93, "Q5_0": 4.53, "Q4_1": 4.13, "Q4_0": 3.73}
+    assert gib["ar"] == {"BF16": 18.84, "Q8_0": 10.73, "Q5_1": 8.03, "Q5_0": 7.49, "Q4_1": 6.95, "Q4_0": 6.4}

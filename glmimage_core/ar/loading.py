@@ -22,7 +22,9 @@ from ..dtypes import DEFAULT_WEIGHTS, WeightDtype, resolve_dtype
 from ..errors import GlmImageInputError
 from ..memory.placement import forget
 from ..memory.model_cache import ModelCache
+from ..weights import formats
 from ..weights.model_folders import resolve_model_path
+from ..weights.part_loading import file_json, file_weight_dtype, lean_model, text_folder
 from ..payloads import ARModel
 from ..memory.host import DEVICE_CHOICES as _DEVICES, fp8_storage_possible, host, torch_device
 
@@ -137,9 +139,12 @@ def load_ar_model(model: str, dtype: str = "auto", device: str = "auto", attenti
     """
     if attention not in ATTENTION_CHOICES:
         raise GlmImageInputError(f"attention {attention!r} is not one of {ATTENTION_CHOICES}")
-    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible(), quantization)
     path = resolve_model_path(model)
     target = torch_device(device)
+    if Path(path).is_file():
+        return _load_file_cached(formats.inspect(path, want="ar"), dtype, target, attention, quantization,
+                                 str(weight_dtype))
+    weights = parse_weight_dtype(weight_dtype, fp8_storage_possible(), quantization)
     if _is_hub_id(path) and not Path(path).exists():
         layout = _hub_layout(path)
     else:
@@ -174,6 +179,41 @@ def load_ar_processor(model: str) -> ARModel:
                    device=torch.device("meta"), attention="none")
 
 
+def _load_file_cached(source, dtype: str, target: torch.device, attention: str, quantization: str,
+                      weight_dtype: str) -> ARModel:
+    """A single AR file: its config, processor files and generation settings come from its metadata."""
+    if quantization != "none":
+        raise GlmImageInputError(f"quantization {quantization} loads the hub folder's bf16 weights; "
+                                 f"{source.path.name!r} is a single file: choose quantization none (an fp8 file "
+                                 "is already half of bf16)")
+    kept = parse_weight_dtype(file_weight_dtype(source, weight_dtype), fp8_storage_possible(), quantization)
+    torch_dtype = resolve_dtype(dtype, target, torch.bfloat16, bf16_fallback=torch.float16)
+    key = (torch_dtype, str(target), attention, quantization, kept)
+    return _CACHE.get_or_load(str(source.path), key, lambda: _load_file(source, torch_dtype, target, attention, kept))
+
+
+def _load_file(source, dtype: torch.dtype, device: torch.device, attention: str, weight_dtype: WeightDtype) -> ARModel:
+    from transformers import AutoProcessor, GenerationConfig
+
+    try:
+        processor = AutoProcessor.from_pretrained(text_folder(source, "processor/"), local_files_only=True,
+                                                  trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise GlmImageInputError(f"could not build the processor from {source.path.name!r}'s metadata: {err}") from err
+    model = _lean(source, dtype, attention, weight_dtype)
+    if "generation_config.json" in source.files:
+        model.generation_config = GenerationConfig.from_dict(file_json(source, "generation_config.json"))
+    return prepare_ar_model(model, processor, str(source.path), dtype, device, attention, "none", weight_dtype)
+
+
+def _lean(source, dtype: torch.dtype, attention: str, weights: WeightDtype):
+    """The AR model read tensor by tensor: bf16 Linear weights rounded to fp8 as they are read when asked."""
+    store = weights.storage if not source.storage.startswith("fp8") else None
+    model, _ = lean_model(source, "ar", dtype, store,
+                          lambda name: vram_plan.name_matches(name, vram_plan.AR_FP8_KEEP), attention)
+    return model
+
+
 def cached_models() -> list[ARModel]:
     return _CACHE.values()
 
@@ -188,7 +228,7 @@ def _hub_layout(repo_id: str) -> ARLayout:
 def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device, attention: str,
           quantization: str = "none", quant_config=None, weights: WeightDtype = DEFAULT_WEIGHTS) -> ARModel:
     from safetensors import SafetensorError
-    from transformers import AutoProcessor, GlmImageForConditionalGeneration
+    from transformers import AutoProcessor, GenerationConfig, GlmImageForConditionalGeneration
 
     local = layout.subfolder_model is None
     common = dict(local_files_only=local, trust_remote_code=False)
@@ -200,6 +240,12 @@ def _load(path: str, layout: ARLayout, dtype: torch.dtype, device: torch.device,
     except (OSError, ValueError, TypeError) as err:
         raise GlmImageInputError(f"could not load the processor (tokenizer + image processor) from "
                                  f"{layout.processor_dir!r}: {err}") from err
+    if local and quant_config is None and not weights.is_default:
+        # fp8 from the bf16 folder: rounded as each tensor is read, never the bf16 model in RAM.
+        model = _lean(formats.inspect(layout.model_dir, want="ar"), dtype, attention, weights)
+        model.generation_config = GenerationConfig.from_pretrained(layout.model_dir, local_files_only=True) \
+            if (Path(layout.model_dir) / "generation_config.json").is_file() else model.generation_config
+        return prepare_ar_model(model, processor, path, dtype, device, attention, quantization, weights)
     try:
         model = GlmImageForConditionalGeneration.from_pretrained(
             layout.model_dir, subfolder=layout.subfolder_model or "", dtype=dtype, use_safetensors=True,

@@ -66,12 +66,13 @@ LATENTS_STD = (1.84, 0.62, 2.31, 1.07, 0.55, 1.63, 0.94, 2.12,
 
 
 def build_tiny_decoder(out_dir: str | Path, codebook: int = TINY_CODEBOOK, seed: int = 0,
-                       patch_size: int = 2) -> Path:
+                       patch_size: int = 2, attention_head_dim: int = 8) -> Path:
     """Write `transformer/ vae/ text_encoder/ tokenizer/ scheduler/` + `model_index.json` to `out_dir`.
 
     patch_size x vae_scale_factor (8) must be 16 for GLM-Image tokens to line
     up with DiT patches; `patch_size` is a parameter only so that tests can
-    build a decoder that violates it.
+    build a decoder that violates it. `attention_head_dim` 32 makes a DiT whose matrices are big enough to be
+    quantized (the GGUF tests); the default 8 keeps the usual tiny one.
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, GlmImageTransformer2DModel
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
@@ -83,7 +84,7 @@ def build_tiny_decoder(out_dir: str | Path, codebook: int = TINY_CODEBOOK, seed:
                                            d_kv=16, decoder_start_token_id=0)).eval()
     transformer = GlmImageTransformer2DModel(
         patch_size=patch_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=2,
-        attention_head_dim=8, num_attention_heads=2, text_embed_dim=text_encoder.config.d_model, time_embed_dim=16,
+        attention_head_dim=attention_head_dim, num_attention_heads=2, text_embed_dim=text_encoder.config.d_model, time_embed_dim=16,
         condition_dim=8,
         prior_vq_quantizer_codebook_size=codebook,
     )
@@ -113,14 +114,15 @@ def _write_model_index(root: Path) -> None:
     index_file.write_text(json.dumps(dict(sorted(index.items())), indent=2))
 
 
-def build_tiny_full_hub_layout(root: str | Path, seed: int = 0, codebook: int = TINY_CODEBOOK) -> Path:
+def build_tiny_full_hub_layout(root: str | Path, seed: int = 0, codebook: int = TINY_CODEBOOK,
+                               attention_head_dim: int = 8) -> Path:
     """AR model (`vision_language_encoder/`, `processor/`) + decoder in one hub-layout folder.
 
     The result loads with `GlmImagePipeline.from_pretrained(root)` as the real
     zai-org/GLM-Image folder does.
     """
     root = build_tiny_hub_layout(root, seed=seed, codebook=codebook)
-    build_tiny_decoder(root, codebook=codebook, seed=seed)
+    build_tiny_decoder(root, codebook=codebook, seed=seed, attention_head_dim=attention_head_dim)
     return root
 
 

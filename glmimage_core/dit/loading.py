@@ -45,6 +45,7 @@ from ..weights.model_folders import resolve_model_path
 from ..payloads import DecoderBundle, DiTModel, GlyphEncoder, LatentStats, VAEModel, latent_stats_of
 from ..memory.host import fp8_storage_possible, host, torch_device
 from ..weights.files import check_safetensors, checkpoint_dtype
+from . import file_loading
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHTED = ("transformer", "vae", "text_encoder")
@@ -161,7 +162,10 @@ def _bundle(folders: DecoderFolders, torch_dtype: torch.dtype, target: torch.dev
 
 def load_dit(path: str | os.PathLike, dtype: str = "auto", device: str = "auto",
              weight_dtype: str = "default") -> DiTModel:
-    """The DiT of a hub-layout folder (its vae/ and scheduler/ folders give latent statistics and shift)."""
+    """The DiT of a hub-layout folder (its vae/ and scheduler/ folders give latent statistics and shift) or of a
+    single file (which carries them in its metadata)."""
+    if file_loading.is_file(resolve_model_path(str(path))):
+        return file_loading.load_dit_file(resolve_model_path(str(path)), dtype, device, weight_dtype)
     folders = find_folders(path, {})
     check_safetensors(folders.transformer, "transformer")
     target = torch_device(device)
@@ -172,7 +176,9 @@ def load_dit(path: str | os.PathLike, dtype: str = "auto", device: str = "auto",
 
 
 def load_vae(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> VAEModel:
-    """The VAE of a hub-layout folder."""
+    """The VAE of a hub-layout folder or of a single file."""
+    if file_loading.is_file(resolve_model_path(str(path))):
+        return file_loading.load_vae_file(resolve_model_path(str(path)), dtype, device)
     folders = find_folders(path, {})
     check_safetensors(folders.vae, "vae")
     target = torch_device(device)
@@ -181,7 +187,9 @@ def load_vae(path: str | os.PathLike, dtype: str = "auto", device: str = "auto")
 
 
 def load_glyph_encoder(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> GlyphEncoder:
-    """The glyph encoder (ByT5 + its tokenizer) of a hub-layout folder."""
+    """The glyph encoder (ByT5 + its tokenizer) of a hub-layout folder or of a single file."""
+    if file_loading.is_file(resolve_model_path(str(path))):
+        return file_loading.load_glyph_file(resolve_model_path(str(path)), dtype, device)
     folders = find_folders(path, {})
     check_safetensors(folders.text_encoder, "text_encoder")
     target = torch_device(device)
@@ -243,9 +251,13 @@ def _dit(folders: DecoderFolders, dtype: torch.dtype, device: torch.device, weig
 
 def _read_dit(folder: Path, dtype: torch.dtype, device: torch.device, scheduler_config: dict, vae_config,
               weights: WeightDtype) -> DiTModel:
-    """The DiT read from its `transformer/` folder and prepared: for the cache and for fresh copies alike."""
+    """The DiT read from its `transformer/` folder or its file and prepared: for the cache and fresh copies alike.
+    A file, or the folder kept in fp8 (the host has fp8 cast layers), is read lean (dit/file_loading)."""
     from diffusers import GlmImageTransformer2DModel
 
+    if folder.is_file() or not weights.is_default:
+        dit = file_loading.read_dit(folder, dtype, weights)
+        return prepare_dit(dit, str(folder), dtype, device, scheduler_config, vae_config, weights)
     dit = _guarded("transformer", folder, lambda: GlmImageTransformer2DModel.from_pretrained(
         folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True))
     return prepare_dit(dit, str(folder), dtype, device, scheduler_config, vae_config, weights)
@@ -276,8 +288,9 @@ def _read_vae(folder: Path, vae_dtype: torch.dtype, device: torch.device) -> VAE
     copies alike."""
     from diffusers import AutoencoderKL
 
-    vae_model = _guarded("vae", folder, lambda: AutoencoderKL.from_pretrained(
-        folder, torch_dtype=vae_dtype, local_files_only=True, use_safetensors=True))
+    vae_model = file_loading.read_vae(folder, vae_dtype) if folder.is_file() else _guarded(
+        "vae", folder, lambda: AutoencoderKL.from_pretrained(folder, torch_dtype=vae_dtype, local_files_only=True,
+                                                             use_safetensors=True))
     latent_stats_of(vae_model.config, str(folder))
     _prepare(vae_model, device)
     return VAEModel(vae=vae_model, path=str(folder), dtype=vae_dtype, device=device)
@@ -330,7 +343,8 @@ def fresh_dit(path: str, dtype: torch.dtype, device: str, weight_dtype: WeightDt
     the dynamic-VRAM fallback) need a copy that shares no tensor with the cached DiT; the other
     settings are the cached DiT's own values, so the copy computes exactly what it does."""
     folder = Path(path)
-    check_safetensors(folder, "transformer")
+    if folder.is_dir():
+        check_safetensors(folder, "transformer")
     stats = {"latents_mean": list(latent_stats.mean), "latents_std": list(latent_stats.std)}
     dit = _read_dit(folder, dtype, torch.device(device), scheduler_config, stats, weight_dtype)
     dit.vae_scale_factor = int(vae_scale_factor)
@@ -340,5 +354,6 @@ def fresh_dit(path: str, dtype: torch.dtype, device: str, weight_dtype: WeightDt
 def fresh_vae(path: str, dtype: torch.dtype, device: str) -> VAEModel:
     """A new copy of a VAE read again from its `vae/` folder, outside the cache (see `fresh_dit`)."""
     folder = Path(path)
-    check_safetensors(folder, "vae")
+    if folder.is_dir():
+        check_safetensors(folder, "vae")
     return _read_vae(folder, dtype, torch.device(device))

@@ -177,18 +177,59 @@ def make_castable(model: torch.nn.Module, operations, fp8_dtype: torch.dtype | N
         if target is None:
             summary.not_castable.append(name)
             continue
-        if fp8_dtype is not None and target is operations.Linear and not keep_dtype(name):
-            weight = module.weight.data
-            info = torch.finfo(fp8_dtype)
-            module.weight = torch.nn.Parameter(weight.clamp(info.min, info.max).to(fp8_dtype), requires_grad=False)
+        stored_fp8 = target is operations.Linear and module.weight.element_size() == 1  # an fp8 file's layer
+        if (stored_fp8 or fp8_dtype is not None) and target is operations.Linear and not keep_dtype(name):
+            if not stored_fp8:
+                info = torch.finfo(fp8_dtype)
+                module.weight = torch.nn.Parameter(module.weight.data.clamp(info.min, info.max).to(fp8_dtype),
+                                                   requires_grad=False)
             target = (fp8_operations or operations).Linear
+            if "weight_scale" in module._buffers:
+                target = scaled_fp8_linear(fp8_operations or operations)
             summary.fp8_layers += 1
             summary.fp8_bytes += module.weight.numel() * module.weight.element_size()
+        elif stored_fp8:
+            target = scaled_fp8_linear(fp8_operations or operations) if "weight_scale" in module._buffers \
+                else (fp8_operations or operations).Linear
         module.__class__ = target
         if "bias" not in module._parameters and not hasattr(module, "bias"):
             module.bias = None  # ComfyUI's cast reads .bias (Embedding and the norms have none)
         summary.swapped[target.__name__] += 1
     return summary
+
+
+@functools.lru_cache(maxsize=None)
+def scaled_fp8_linear(operations) -> type:
+    """`operations`' Linear for fp8 weights with a per-tensor `weight_scale` buffer (fp8 files, fp8.py): the
+    weight is cast by ComfyUI, then scaled, as ComfyUI's own scaled fp8 layers do; `convert_weight` /
+    `set_weight` let ComfyUI's LoRA patches work on the scaled values (its patcher looks these names up)."""
+    ops = sys.modules[_cast_mixin(operations).__module__]
+
+    def forward_comfy_cast_weights(self, input, *args, **kwargs):
+        weight, bias = ops.cast_bias_weight(self, input)
+        return F.linear(input, weight * self.weight_scale.to(device=weight.device, dtype=weight.dtype), bias)
+
+    def convert_weight(self, weight, inplace=False, **kwargs):
+        scale = self.weight_scale.to(device=weight.device)
+        if inplace:
+            weight *= scale.to(weight.dtype)
+            return weight
+        return weight.to(torch.float32) * scale
+
+    def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
+        info = torch.finfo(self.weight.dtype)
+        scale = self.weight_scale.to(device=weight.device, dtype=torch.float32)
+        weight = (weight.to(torch.float32) / scale).clamp(info.min, info.max).to(self.weight.dtype)
+        if return_weight:
+            return weight
+        if inplace_update:
+            self.weight.data.copy_(weight)
+        else:
+            self.weight = torch.nn.Parameter(weight, requires_grad=False)
+
+    return type("ScaledFP8Linear", (operations.Linear,), {
+        "forward_comfy_cast_weights": forward_comfy_cast_weights, "convert_weight": convert_weight,
+        "set_weight": set_weight, "__module__": __name__})
 
 
 class HostEmbedding(torch.nn.Module):

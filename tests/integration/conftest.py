@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.comfy_harness import COMFY033_VERSION, ComfyError, ComfyServer, comfy_targets
+from tests.comfy_harness import COMFY033_VERSION, ComfyError, ComfyServer, comfy_targets, unpack_comfyui_gguf
 
 TINY_AR_NAME = "tiny-glm-image"  # an AR model alone (build_tiny_ar_model)
 FULL_MODEL_NAME = "GLM-Image"    # AR + decoder in the hub layout: the folder the example workflows name
@@ -39,6 +39,15 @@ def write_peft_lora(loras: Path, transformer: Path) -> None:
     LoraBaseMixin._save_lora_weights(save_directory=str(loras), lora_layers={"transformer": layers},
                                      lora_metadata={"transformer": {"r": 4, "lora_alpha": 8}},
                                      weight_name=PEFT_LORA_NAME)
+
+def write_single_files(hub: Path, models: Path) -> None:
+    """The fp8 single files the single-files example workflow names (and the VAE / glyph encoder in bf16), in
+    ComfyUI's folders, as `python -m glmimage_core convert --format fp8_e4m3fn` writes them."""
+    from glmimage_core.weights import convert, formats
+
+    dirs = {part: models / convert.COMFY_FOLDERS[part] for part in formats.PARTS}
+    convert.convert(hub, list(formats.PARTS), dirs, "fp8_e4m3fn", "comfy_quant")
+
 
 TARGETS = comfy_targets()
 
@@ -66,9 +75,11 @@ def comfy_server(comfy_target, tmp_path_factory):
     server = ComfyServer(tmp_path_factory.mktemp(comfy_target.name), comfy_dir=comfy_target.comfy_dir,
                          python=comfy_target.python)
     (server.base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
+    unpack_comfyui_gguf(server.base / "custom_nodes")  # GGUF files load through it (test_gguf_server.py)
     server.add_model(FULL_MODEL_NAME, build_tiny_full_hub_layout)
     server.add_model(TINY_AR_NAME, build_tiny_ar_model)
     write_peft_lora(server.base / "models" / "loras", server.model_path(FULL_MODEL_NAME) / "transformer")
+    write_single_files(server.model_path(FULL_MODEL_NAME), server.base / "models")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(server.input_dir / "example.png")
     try:

@@ -69,7 +69,8 @@ def test_example_workflows_match_the_node_definitions(object_info):
 
 
 @pytest.mark.parametrize("name", ["glm_image_text_to_image.json", "glm_image_image_to_image.json",
-                                  "glm_image_tokens_roundtrip.json", "glm_image_ksampler.json"])
+                                  "glm_image_tokens_roundtrip.json", "glm_image_ksampler.json",
+                                  "glm_image_single_files.json"])
 def test_example_workflow_runs_and_writes_pngs(comfy_server, object_info, name):
     workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / name).read_text())
     prompt = workflow_to_api_prompt(workflow, object_info)

@@ -6,7 +6,8 @@ Marked `cuda` (skips without a GPU). scripts/gpu_check.sh runs it on the device 
   dynamic       ComfyUI 0.33's default on NVIDIA: dynamic VRAM (comfy-aimdo)
   static        --disable-dynamic-vram: ComfyUI's classic model loading
   lowvram-fp8   --lowvram, and every loader's weight_dtype set to fp8_e4m3fn (the small-card path)
-Models: the tiny random GLM-Image (AR + decoder) the CPU server tests use. GLMIMAGE_CUDA_TESTS_ON_CPU=1 runs
+Models: the tiny random GLM-Image (AR + decoder) the CPU server tests use, and its fp8 single files (the
+single-files workflow: fp8 files loaded and run on the GPU). GLMIMAGE_CUDA_TESTS_ON_CPU=1 runs
 the same on the CPU (--cpu), for the GPU check's dry run.
 """
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from tests.comfy_harness import ComfyError, ComfyServer, comfyui_dir, workflow_to_api_prompt
 from tests.cuda_marks import CUDA_ONLY, DEVICE
+from tests.integration.conftest import write_single_files
 
 pytestmark = CUDA_ONLY
 # The AR-server example needs a vLLM-Omni server beside ComfyUI: tests/integration/test_server_node.py runs it
@@ -41,6 +43,7 @@ def gpu_server(request, tmp_path_factory):
                          device=device)
     flags = [f for f in MODES[mode] if device == "gpu" or f != "--lowvram"]  # main.py refuses --cpu with --lowvram
     server.add_model("GLM-Image", build_tiny_full_hub_layout)
+    write_single_files(server.model_path("GLM-Image"), server.base / "models")  # the single-files workflow's
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(server.input_dir / "example.png")
     front_end = server.base / "frontend"  # an empty editor: the bundle leaves comfyui-frontend-package out
