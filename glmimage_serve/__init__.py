@@ -5,7 +5,8 @@ on a GPU box: pip install vllm vllm-omni). ComfyUI never imports this package: t
 it over HTTP (glmimage_core/ar/remote.py). The pack writes none of the model, the scheduler or the
 batching: vLLM-Omni's `GlmImageForConditionalGeneration` runs under vLLM's engine; this package only
   - registers a one-stage pipeline (the AR stage alone, returning token ids) with vLLM-Omni
-    (plugin.py, loaded through the `vllm_omni.general_plugins` entry point in every omni process),
+    (plugin.py, loaded through the `vllm_omni.general_plugins` entry point in omni's processes and the
+    `vllm.general_plugins` one in vLLM's engine core, whose scheduler needs the model class too),
   - names the model variant that also hands back the source images' token ids (model.py),
   - supplies the CPU worker vLLM-Omni 0.30 lacks (cpu_worker.py; on GPUs omni's own worker runs),
   - writes the deploy config from the command line (deploy.py) and serves HTTP (http_front.py).

@@ -92,7 +92,11 @@ async def serve(args: argparse.Namespace) -> None:
     from .pipeline import PIPELINE_KEY
     from vllm_omni.config.pipeline_registry import OMNI_PIPELINES
 
-    if PIPELINE_KEY not in OMNI_PIPELINES:
+    from importlib.metadata import entry_points
+
+    # the engine core (the scheduler) loads only vLLM's group: without it image-to-image never runs
+    in_vllm_group = any(ep.name == "glmimage_serve" for ep in entry_points(group="vllm.general_plugins"))
+    if PIPELINE_KEY not in OMNI_PIPELINES or not in_vllm_group:
         raise SystemExit("the glmimage_serve plugin did not load: run python -m glmimage_serve.install with this "
                          "environment's Python (scripts/setup_vllm.sh does it for the CPU test environment)")
 

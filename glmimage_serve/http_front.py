@@ -104,7 +104,9 @@ def _token_event(completion) -> dict:
 
 
 def _source_ids(output) -> list | None:
-    """The source images' ids (d16, one flat list per image) from the stage's multimodal output."""
+    """The source images' ids (d16) from the stage's multimodal output: one flat list for all of the request's
+    pictures (model.py regroups them by request; the client splits by the sizes it knows), or one per picture
+    (vLLM-Omni's own layout). None when the output carries none or an empty one."""
     for holder in (output, getattr(output, "request_output", None)):
         mm = getattr(holder, "multimodal_output", None) or getattr(holder, "_multimodal_output", None)
         if not mm:
@@ -114,7 +116,8 @@ def _source_ids(output) -> list | None:
             ids = mm["ids"].get("prior_image")
         if ids is not None:
             items = ids if isinstance(ids, (list, tuple)) else [ids]
-            return [[int(v) for v in item.reshape(-1).tolist()] for item in items]
+            lists = [[int(v) for v in item.reshape(-1).tolist()] for item in items]
+            return lists if any(lists) else None
     return None
 
 
@@ -150,10 +153,15 @@ def build_app(omni, info: dict, generation: dict, api_key: str | None) -> FastAP
         prompt: dict = {"prompt_token_ids": ids,
                         "mm_processor_kwargs": {"target_h": params.extra_args["target_h"],
                                                 "target_w": params.extra_args["target_w"]}}
+        request_id = f"glmimage-{uuid.uuid4().hex}"
         if pictures:
             prompt["multi_modal_data"] = {"image": pictures if len(pictures) > 1 else pictures[0]}
-        request_id = f"glmimage-{uuid.uuid4().hex}"
-        return StreamingResponse(_stream(omni, prompt, params, request_id), media_type="application/x-ndjson")
+            # A picture id of this request's own: vLLM would otherwise reuse the encoder output of an equal
+            # picture (same content hash) from another request, the model would not quantise it again, and
+            # this request would get no source-image ids (4 pictures per run send the same source 4 times).
+            prompt["multi_modal_uuids"] = {"image": [f"{request_id}-{i}" for i in range(len(pictures))]}
+        return StreamingResponse(_stream(omni, prompt, params, request_id, bool(pictures)),
+                                 media_type="application/x-ndjson")
 
     return app
 
@@ -163,8 +171,10 @@ def build_app(omni, info: dict, generation: dict, api_key: str | None) -> FastAP
 FLUSH_INTERVAL_S = 0.05
 
 
-async def _stream(omni, prompt: dict, params, request_id: str):
-    """NDJSON lines as the engine produces tokens. Cancelled (client gone) -> AsyncOmni aborts the request."""
+async def _stream(omni, prompt: dict, params, request_id: str, with_pictures: bool = False):
+    """NDJSON lines as the engine produces tokens. Cancelled (client gone) -> AsyncOmni aborts the request.
+    Source ids are taken once (the step that encoded this request's pictures), and only for a request
+    with pictures."""
     started = False
     sources = None
     finish = None
@@ -177,7 +187,8 @@ async def _stream(omni, prompt: dict, params, request_id: str):
                 started = True
                 yield json.dumps({"event": "start", "request_id": request_id,
                                   "prompt_token_ids": list(output.prompt_token_ids or [])}) + "\n"
-            sources = _source_ids(output) or sources
+            if with_pictures and sources is None:
+                sources = _source_ids(output)
             if output.outputs:
                 completion = output.outputs[0]
                 if completion.token_ids:

@@ -1,7 +1,12 @@
-"""Entry point `vllm_omni.general_plugins: glmimage_serve = glmimage_serve.plugin:register`.
+"""Entry point `glmimage_serve = glmimage_serve.plugin:register` in the groups `vllm_omni.general_plugins`
+AND `vllm.general_plugins`.
 
-vLLM-Omni loads this group in every one of its processes (API front, orchestrator, engine cores,
-workers); no flag names a pipeline module, so the registration must come through here.
+vLLM-Omni loads its group in the API front, the orchestrator and the workers; no flag names a pipeline
+module, so the registration must come through here. The engine-core process (vLLM's scheduler) loads only
+vLLM's own group, and it needs the model class too: vLLM's multimodal registry resolves the served
+architecture there to size the encoder budget and cache. Without it the scheduler runs "text-only" (encoder
+cache of 0 tokens) and never schedules a source picture: an image-to-image request prefilled up to the
+picture, then waited forever. Registering twice in one process is harmless (each step checks first).
 `python -m glmimage_serve.install` installs the entry point (a bare dist-info + a .pth to the pack).
 """
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from glmimage_core.ar.remote import RemoteSampling, generate_tokens_remote
-from glmimage_core.errors import GlmImageServerError
 from glmimage_core.ar.generation import SamplingSettings, generate_tokens
 from glmimage_core.ar.chat_prompt import prepare_inputs
 from glmimage_core.shapes import GridShape
@@ -68,16 +67,6 @@ def test_text_to_image_at_a_non_square_size_equals_the_local_node(ar, ar_server)
     assert_same(ar, inputs, remote)
 
 
-# KNOWN GAP (vLLM-Omni 0.30.0 on this CPU worker): an image-to-image request is prefilled up to the source
-# picture's placeholders, then the scheduler never schedules the picture's encoder input, and the request
-# waits forever (the engine core steps without running the model; seen with AsyncOmni directly too, without
-# the pack's HTTP front). strict: the day it works, these tests say so (XPASS fails) and the mark goes.
-I2I_GAP = pytest.mark.xfail(strict=True, raises=GlmImageServerError,
-                            reason="vLLM-Omni 0.30.0 on the CPU never schedules the source picture's encoder "
-                                   "input: the request stalls (see the comment above)")
-
-
-@I2I_GAP
 @pytest.mark.parametrize("sources", [1, 2])
 def test_image_to_image_equals_the_local_node_sources_included(ar, ar_server, sources):
     inputs = _inputs(ar, "make it blue", GridShape(3, 5), sources=sources)
@@ -94,6 +83,30 @@ def test_four_pictures_per_run_are_four_requests_equal_to_the_local_batch(ar, ar
     local = generate_tokens(ar, inputs, seed=11, sampling=SamplingSettings(do_sample=False), images=4)
     assert torch.equal(remote.sequences, local.sequences)
     assert extract_prior(remote).batch_size == 4
+
+
+def test_image_to_image_four_pictures_per_run_beside_a_text_request_each_gets_its_own_sources(ar, ar_server):
+    """4 requests with the same two sources, sent together while a text-to-image request runs: every request
+    is prefilled in the same engine steps, so the server must hand each its own pictures' ids (not one
+    picture per request of the step, not a shared encoder output) and none to the text request."""
+    import threading
+
+    inputs = _inputs(ar, "make it blue", GridShape(3, 5), sources=2)
+    text = _inputs(ar, "a lighthouse at dusk", GridShape(4, 4))
+    beside: dict = {}
+    thread = threading.Thread(target=lambda: beside.update(
+        t2i=generate_tokens_remote(ar_server.url, text, seed=1, sampling=GREEDY)))
+    thread.start()
+    remote = generate_tokens_remote(ar_server.url, inputs, seed=21, sampling=GREEDY, images=4, read_timeout=30)
+    thread.join(60)
+    local = generate_tokens(ar, inputs, seed=21, sampling=SamplingSettings(do_sample=False), images=4)
+    assert torch.equal(remote.sequences, local.sequences)
+    assert len(remote.source_grids) == 2
+    for mine, theirs in zip(remote.source_grids, local.source_grids):
+        assert torch.equal(mine, theirs)
+    assert beside["t2i"].source_grids == [] and beside["t2i"].mode == "t2i"
+    assert torch.equal(beside["t2i"].sequences,
+                       generate_tokens(ar, text, seed=1, sampling=SamplingSettings(do_sample=False)).sequences)
 
 
 def test_seeded_sampling_repeats_and_other_seeds_differ(ar, ar_server):

@@ -42,3 +42,18 @@ def test_the_processor_loader_reads_no_weights_and_the_local_node_refuses_it(ar,
     assert inputs.model_inputs["input_ids"].equal(prepare_inputs(ar.processor, "a cat").model_inputs["input_ids"])
     with pytest.raises(GlmImageInputError, match="generate tokens \\(server\\)"):
         generate_tokens(shell, inputs)
+
+
+def test_the_plugin_is_declared_for_vllm_omni_and_for_vllm_s_engine_core(tmp_path):
+    """vLLM's engine core (the scheduler) loads only `vllm.general_plugins`: without the plugin there it does
+    not know the served model class, runs text-only, and an image-to-image request waits forever."""
+    from importlib.metadata import distributions
+
+    from glmimage_serve.install import install
+
+    install(tmp_path)
+    (dist,) = [d for d in distributions(path=[str(tmp_path)]) if d.metadata["Name"] == "glmimage-serve"]
+    declared = {(ep.group, ep.name, ep.value) for ep in dist.entry_points}
+    assert declared == {(group, "glmimage_serve", "glmimage_serve.plugin:register")
+                        for group in ("vllm_omni.general_plugins", "vllm.general_plugins")}
+    assert (tmp_path / "glmimage_serve_repo.pth").read_text().strip() == str(SERVER.parents[1])

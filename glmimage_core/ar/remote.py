@@ -264,25 +264,27 @@ def _payload(runs: list[_Run], inputs: GlmImageInputs, info: dict, with_logprobs
         logprobs = torch.full((len(runs), length), float("nan"), dtype=torch.float64)
         for i, run in enumerate(runs):
             logprobs[i, :len(run.logprobs)] = torch.tensor(run.logprobs, dtype=torch.float64)
+    grids = [_source_grids(run.sources or [], inputs) for run in runs]  # each request reports the same sources
+    if any(len(g) != len(grids[0]) or not all(torch.equal(a, b) for a, b in zip(g, grids[0])) for g in grids):
+        raise GlmImageServerError("the AR server returned different source-image ids for the same source images "
+                                  "in one run: is it an older glmimage_serve?")
     return GeneratedTokens(
         sequences=rows, shape=inputs.shape, mode=inputs.mode, prompt=inputs.prompt, seeds=[r.seed for r in runs],
         codebook_size=int(info["codebook_size"]), image_end_id=end_id,
-        source_grids=_source_grids(runs[0].sources or [], inputs), logprobs=logprobs,
+        source_grids=grids[0], logprobs=logprobs,
         notes=[f"AR server: {info.get('model')!r} on {info.get('engine')}, {len(runs)} request(s)."])
 
 
 def _source_grids(sources: list[list[int]], inputs: GlmImageInputs) -> list[torch.Tensor]:
-    """The server's source-image ids -> one d32 [h, w] grid per source (it may send them at d16: 2x2 each)."""
+    """The server's source-image ids -> one d32 [h, w] grid per source. The server sends them at d16 (2x2 each)
+    or d32, one list per source or all of the prompt's sources in one list (split here by the known sizes)."""
+    sizes = [h * w for h, w in inputs.source_grids]
+    flat = torch.tensor([v for ids in sources for v in ids], dtype=torch.long)
+    scale = 2 if flat.numel() == 4 * sum(sizes) else 1
+    if flat.numel() != scale * scale * sum(sizes):
+        raise GlmImageServerError(f"the AR server returned {flat.numel()} source-image ids for {len(sizes)} source "
+                                  f"images of {sizes} tokens: is it an older glmimage_serve?")
     grids = []
-    if len(sources) != len(inputs.sources):
-        raise GlmImageServerError(f"the AR server returned token ids for {len(sources)} source images, the prompt "
-                                  f"has {len(inputs.sources)}: is it an older glmimage_serve?")
-    for ids, (h, w) in zip(sources, inputs.source_grids):
-        flat = torch.tensor(ids, dtype=torch.long)
-        if flat.numel() == h * w:
-            grids.append(flat.view(h, w))
-        elif flat.numel() == 4 * h * w:
-            grids.append(flat.view(2 * h, 2 * w)[::2, ::2].contiguous())
-        else:
-            raise GlmImageServerError(f"the AR server returned {flat.numel()} ids for a {h}x{w}-token source image")
+    for part, (h, w) in zip(torch.split(flat, [scale * scale * n for n in sizes]), inputs.source_grids):
+        grids.append(part.view(scale * h, scale * w)[::scale, ::scale].contiguous())
     return grids
