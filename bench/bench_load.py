@@ -115,14 +115,11 @@ def _drop_cache(paths: list[Path]) -> None:
 
 
 def measure(model: str, case: str, work: Path) -> dict:
-    """One load, in this (fresh) process."""
-    sys.path.insert(0, os.environ.get("GLMIMAGE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
-    from comfy.cli_args import args
-
-    args.cpu = True
-    import comfy.model_management  # noqa: F401
+    """One load, in this (fresh) process, with ComfyUI as the engine's host (its cast layers keep fp8)."""
     import torch
-    from common import quiet_libraries
+    from common import comfy_pack, quiet_libraries
+
+    comfy_pack(os.environ.get("GLMIMAGE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")), cpu=True)
 
     quiet_libraries()
     from glmimage_core.ar import loading as ar_loading

@@ -36,7 +36,9 @@ PRIMITIVES = {"INT": "PrimitiveInt", "FLOAT": "PrimitiveFloat", "STRING": "Primi
 COMBO_SOURCES = ["ConvertStringToComboNode", "LinkTestStringToCombo"]  # ComfyUI's own first; both take 'string'
 SINK = "PreviewAny"
 # Cheaper values for the CPU test server, applied to every base graph (and so to the linked runs too).
-FAST = {"GLMImageShape": {"width": 128, "height": 96, "tag": "<sop>3 4<eop>"}, "GLMImageDecode": {"steps": 2}}
+FAST = {"GLMImageShape": {"width": 128, "height": 96, "tag": "<sop>3 4<eop>"}, "GLMImageDecode": {"steps": 2},
+        # every run of the save node writes the same file (other tests of the shared server wrote it first)
+        "GLMImageSaveCheckpoint": {"overwrite": True}}
 SAVE_COUNTER = re.compile(r"_\d{5}_")
 #: Combo values a node built from its defaults takes instead of the first choice: the shared test server's
 #: models/loras holds the AR model's test LoRA (tests/integration/test_ar_lora_server.py) beside the DiT's.
@@ -114,6 +116,7 @@ def base_graph(class_type: str, object_info: dict, examples: list[dict]) -> tupl
             pid, prompt = producer
             graph.update(upstream(prompt, pid))
             inputs[name] = [pid, object_info[prompt[pid]["class_type"]]["output"].index(kind)]
+    inputs.update({k: v for k, v in FAST.get(class_type, {}).items() if k in inputs})
     graph[nid] = {"class_type": class_type, "inputs": inputs}
     return graph, nid
 
