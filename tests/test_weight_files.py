@@ -223,5 +223,12 @@ def test_bf16_files_load_outside_comfyui_as_the_folder_does(hub, files):
         module = {"dit": "transformer", "vae": "vae", "glyph": "text_encoder"}[part]
         a, b = getattr(folder, module).state_dict(), getattr(file, module).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
-    with pytest.raises(GlmImageInputError, match="inside ComfyUI only"):
-        load_dit(str(files[("dit", "fp8_e4m3fn", "comfy_quant")]), dtype="bf16", device="cpu")
+    from glmimage_core.memory.host import PlainHost, host, install_host
+
+    before = install_host(PlainHost())  # outside ComfyUI (a comfy_pack test may have installed ComfyUI's host)
+    try:
+        with pytest.raises(GlmImageInputError, match="inside ComfyUI only"):
+            load_dit(str(files[("dit", "fp8_e4m3fn", "comfy_quant")]), dtype="bf16", device="cpu")
+    finally:
+        install_host(before)
+    assert host() is before
